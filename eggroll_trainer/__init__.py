@@ -1,0 +1,20 @@
+"""eggroll-trainer: Evolution Strategies for PyTorch, built around EGGROLL (arXiv 2511.16652)."""
+
+from .base import ESTrainer
+from .eggroll import EGGROLLTrainer
+from .population import PopulationInfo, current_population
+from .shaping import centered_rank, group_normalize, raw, zscore
+from .vanilla import VanillaESTrainer
+
+__all__ = [
+    "ESTrainer",
+    "VanillaESTrainer",
+    "EGGROLLTrainer",
+    "current_population",
+    "PopulationInfo",
+    "zscore",
+    "centered_rank",
+    "raw",
+    "group_normalize",
+]
+__version__ = "0.2.0"

@@ -1,0 +1,74 @@
+"""`EGGROLLTrainer`: low-rank Evolution Strategies (EGGROLL, arXiv 2511.16652)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .base import ESTrainer, FitnessFn, _check, _is_int
+from .noise import NoiseSpec
+
+
+class EGGROLLTrainer(ESTrainer):
+    r"""EGGROLL: Evolution Guided General Optimization via Low-rank Learning.
+
+    A 2-D weight :math:`W \in \mathbb R^{m\times n}` gets the low-rank perturbation
+
+    $$E_k = \frac{1}{\sqrt r} A_k B_k^\top,\qquad A_k \in \mathbb R^{m\times r},\ B_k \in \mathbb R^{n\times r},
+    \ \text{entries i.i.d. } \mathcal N(0, 1),$$
+
+    every other parameter full-rank noise (or none, with ``freeze_nonlora=True``). The estimate
+
+    $$\hat g_W = \frac{1}{N\sigma} \sum_i \tilde f_i\, s_i E_{k(i)}
+             = \frac{1}{N\sigma\sqrt r}\,\big[\tilde w_1 A_1 \cdots \tilde w_P A_P\big]\,
+               \big[B_1 \cdots B_P\big]^\top$$
+
+    is one (chunked) GEMM of an m×(P·r) by a (P·r)×n matrix, with :math:`\tilde w_k` the signed pair
+    weights; its rank is min(P·r, m, n) — full rank in practice — and it converges to the full-rank ES
+    update at O(1/r). With ``batched=True`` each ``nn.Linear`` evaluates all members in one forward:
+    :math:`y_i = x_i W^\top + b + \sigma s_i (x_i B_k) A_k^\top/\sqrt r + \sigma s_i \beta_k`.
+
+    Args:
+        rank: r, the rank of each member's weight perturbation.
+        noise_reuse: k ≥ 2 keeps a noise epoch for k generations (0 or 1: fresh every generation).
+            eggroll-trainer 0.1.0 also switched antithetic sampling with this flag; here that is
+            ``antithetic`` (on by default).
+        group_size: G > 0 subtracts each block's mean and divides by the global std (G must divide N).
+        freeze_nonlora: if True, parameters that are not 2-D are neither perturbed nor updated.
+
+    The other arguments, positional and keyword-only (``lr``, ``antithetic``, ``fitness_shaping``,
+    ``optimizer``, ``momentum``, ``weight_decay``, ``betas``, ``batched``, ``chunk_size``, ...), are those of
+    :class:`~eggroll_trainer.ESTrainer`.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        model: nn.Module,
+        fitness_fn: FitnessFn | None,
+        population_size: int = 256,
+        learning_rate: float = 0.01,
+        sigma: float = 0.1,
+        rank: int = 1,
+        noise_reuse: int = 0,
+        group_size: int = 0,
+        freeze_nonlora: bool = False,
+        device: torch.device | str | None = None,
+        seed: int | None = None,
+        **options: Any,
+    ) -> None:
+        _check(_is_int(rank) and rank >= 1, f"Invalid rank: {rank}")
+        self.rank = int(rank)
+        self.freeze_nonlora = bool(freeze_nonlora)
+        super().__init__(
+            params, model, fitness_fn, population_size, learning_rate, sigma, device, seed,
+            noise_reuse=noise_reuse, group_size=group_size, **options,
+        )  # fmt: skip
+
+    def _noise_spec(self, param: Tensor) -> NoiseSpec | None:
+        if param.dim() == 2:
+            return NoiseSpec(param.shape, rank=self.rank)
+        return None if self.freeze_nonlora else NoiseSpec(param.shape, rank=None)

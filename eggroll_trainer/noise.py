@@ -1,0 +1,191 @@
+"""Keyed Gaussian noise from a shared table — regenerated on demand, never stored per member.
+
+Every perturbation is a *view* into one block of i.i.d. N(0, 1) values (the OpenAI-ES "shared noise
+table"), made once from the seed. Member noise is addressed by a key:
+
+    (seed, parameter index j, noise epoch e, pair index k)  ->  table[base(seed, j, e) + k * stride_j :]
+
+where ``base`` is a 64-bit hash of ``(seed, j, e)`` and ``e = generation // noise_reuse``. Members 2k and
+2k+1 of an antithetic population read the same slice with signs +1 and -1.
+
+Because a parameter's pairs sit at a constant stride, the factors of a whole population are one strided
+view — ``(P, m, r)`` without a copy — which is what lets the batched forward and the update GEMM run
+without ever drawing or materialising noise. The update, ``get_best_model()``, a resumed run and every
+distributed rank regenerate exactly the same numbers from the key.
+
+A low-rank slice of length ``(m + n) * r`` holds ``A`` (m×r) then ``B`` (n×r); a full-rank slice holds
+``ε`` in the parameter's shape.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+_MASK64 = (1 << 64) - 1
+
+#: Smallest and largest table the automatic sizing picks (in float values).
+MIN_TABLE_SIZE = 1 << 20
+MAX_AUTO_TABLE_SIZE = 1 << 25
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def hash_key(*words: int) -> int:
+    """A 64-bit hash of a tuple of integers (splitmix64 chained); pure and platform independent."""
+    h = 0x6A09E667F3BCC909
+    for w in words:
+        h = _splitmix64(h ^ (w & _MASK64))
+    return h
+
+
+@functools.lru_cache(maxsize=4)
+def noise_table(seed: int, size: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """The shared table: ``size`` N(0, 1) values made on the CPU from ``seed`` (bit-identical on every
+    machine and rank), then moved to ``device``. Cached, so trainers with the same seed share it."""
+    generator = torch.Generator(device="cpu").manual_seed(hash_key(seed, 0x7AB1E) >> 1)
+    values = torch.randn(size, generator=generator, dtype=torch.float32)
+    return values.to(device=device, dtype=dtype)
+
+
+def default_table_size(slice_lengths: list[int], num_pairs: int) -> int:
+    """A power of two holding 4× the largest per-parameter population span (so windows of one
+    generation never overlap), clamped to [2^20, 2^25] values and never below 2× one slice."""
+    need = max((num_pairs * length for length in slice_lengths), default=1)
+    size = 1 << max(0, math.ceil(math.log2(4 * need)))
+    size = min(max(size, MIN_TABLE_SIZE), MAX_AUTO_TABLE_SIZE)
+    longest = max(slice_lengths, default=1)
+    while size < 2 * longest + num_pairs:
+        size *= 2
+    return size
+
+
+def member_pairs(
+    start: int, count: int, antithetic: bool, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """Pair index and sign of members ``start .. start+count-1``.
+
+    Antithetic: member i uses pair i // 2 with sign +1 (even i) or -1 (odd i). Otherwise pair i, sign +1.
+    """
+    members = torch.arange(start, start + count, device=device)
+    if not antithetic:
+        return members, torch.ones(count, device=device)
+    signs = 1.0 - 2.0 * (members % 2).to(torch.get_default_dtype())
+    return members // 2, signs
+
+
+def num_pairs(population_size: int, antithetic: bool) -> int:
+    """Distinct noise draws per generation: ceil(N / 2) with antithetic pairs, N without."""
+    return (population_size + 1) // 2 if antithetic else population_size
+
+
+@dataclass(frozen=True)
+class NoiseSpec:
+    """How one parameter is perturbed: ``rank`` r ≥ 1 for low-rank ``A Bᵀ/√r`` (2-D only), else full."""
+
+    shape: torch.Size
+    rank: int | None
+
+    @property
+    def low_rank(self) -> bool:
+        return self.rank is not None
+
+    @property
+    def length(self) -> int:
+        """Table values one member's noise occupies: (m + n)·r for low rank, numel for full rank."""
+        if self.rank is not None:
+            m, n = self.shape
+            return (m + n) * self.rank
+        return math.prod(self.shape)
+
+
+class ParamNoise:
+    """The noise of one parameter tensor in one noise epoch, for all pairs, as views of the table."""
+
+    def __init__(self, table: Tensor, spec: NoiseSpec, key: int, pairs: int) -> None:
+        self.table = table
+        self.spec = spec
+        size = table.numel()
+        length = spec.length
+        if pairs * length <= size:
+            self.stride = length  # disjoint windows: independent noise within a generation
+        else:  # overlapping, shifted windows (OpenAI-ES style); see the noise-table benchmark
+            self.stride = max(1, (size - length) // max(pairs - 1, 1))
+        span = (pairs - 1) * self.stride + length
+        if span > size:
+            raise ValueError(
+                f"noise_table_size={size} is too small for a parameter of shape "
+                f"{tuple(spec.shape)} at {pairs} pairs (needs at least {length + pairs - 1})"
+            )
+        self.base = key % (size - span + 1)
+
+    def _window(self, first: int, count: int, offset: int, shape: tuple[int, ...]) -> Tensor:
+        strides = [self.stride]
+        acc = 1
+        for dim in reversed(shape):
+            strides.insert(1, acc)
+            acc *= dim
+        return self.table.as_strided(
+            (count, *shape), strides, self.base + first * self.stride + offset
+        )
+
+    def factors(self, first: int = 0, count: int = 1) -> tuple[Tensor, Tensor]:
+        """Low-rank factors of pairs ``first .. first+count-1``: A (count, m, r), B (count, n, r) — views."""
+        m, n = self.spec.shape
+        r = self.spec.rank
+        assert r is not None
+        a = self._window(first, count, 0, (m, r))
+        b = self._window(first, count, m * r, (n, r))
+        return a, b
+
+    def full(self, first: int = 0, count: int = 1) -> Tensor:
+        """Full-rank noise of pairs ``first .. first+count-1``: (count, *shape) — a view."""
+        return self._window(first, count, 0, tuple(self.spec.shape))
+
+    def dense(self, pairs: Tensor, signs: Tensor) -> Tensor:
+        """Materialised E for the given pairs: (K, *shape) with E_k = s_k A_k B_kᵀ/√r or s_k ε_k.
+
+        O(K·|θ_j|) — only for the generic (non-Linear) population path and for single members."""
+        if self.spec.low_rank:
+            a, b = self.factors(0, int(pairs.max()) + 1)
+            a, b = a[pairs], b[pairs]  # (K, m, r), (K, n, r)
+            scale = signs.to(a.dtype).view(-1, 1, 1) / math.sqrt(self.spec.rank)
+            return torch.bmm(a * scale, b.transpose(1, 2))  # (K, m, n)
+        eps = self.full(0, int(pairs.max()) + 1)[pairs]
+        return eps * signs.to(eps.dtype).view(-1, *([1] * len(self.spec.shape)))
+
+    def perturb_(self, param: Tensor, pair: int, alpha: float) -> None:
+        """In place: ``param += alpha · E_pair`` (alpha = ±σ), without materialising more than one E."""
+        if self.spec.low_rank:
+            a, b = self.factors(pair, 1)
+            param.addmm_(a[0], b[0].T, alpha=alpha / math.sqrt(self.spec.rank))
+        else:
+            param.add_(self.full(pair, 1)[0], alpha=alpha)
+
+    def weighted_sum(self, weights: Tensor, chunk: int) -> Tensor:
+        """Σ_k w_k E_k over all pairs (unsigned E: fold signs into w), chunked over pairs.
+
+        Low rank: one GEMM per chunk — (m, c·r) @ (c·r, n) — never c materialised m×n matrices."""
+        total = weights.numel()
+        out = None
+        for first in range(0, total, chunk):
+            count = min(chunk, total - first)
+            w = weights[first : first + count]
+            if self.spec.low_rank:
+                a, b = self.factors(first, count)  # (c, m, r), (c, n, r)
+                part = torch.tensordot(a * w.view(-1, 1, 1), b, dims=([0, 2], [0, 2]))  # (m, n)
+                part.div_(math.sqrt(self.spec.rank))
+            else:
+                part = torch.tensordot(w, self.full(first, count), dims=1)  # (*shape)
+            out = part if out is None else out.add_(part)
+        assert out is not None
+        return out
