@@ -420,17 +420,13 @@ class ESTrainer(torch.optim.Optimizer):
 
     def _evaluate(self, noises: list[ParamNoise | None], closure: Callable[[], Any] | None) -> Tensor:
         """Scores of the whole population, (N,) float64 on CPU; this rank evaluates its shard."""
-        start, count = distributed.shard(self.population_size)
-        local = None
-        try:
-            if self.batched:
-                local = self._evaluate_batched(noises, start, count, closure)
-            else:
-                local = self._evaluate_sequential(noises, start, count, closure)
-        finally:
-            if local is None and distributed.world()[1] > 1:
-                distributed.gather_scores(None, self.population_size)  # tell the other ranks
-        return distributed.gather_scores(local, self.population_size)
+        evaluate = self._evaluate_batched if self.batched else self._evaluate_sequential
+        return distributed.evaluate_sharded(
+            self.population_size,
+            lambda start, count: evaluate(noises, start, count, closure),
+            seed=self.seed,
+            generation=self.generation,
+        )
 
     def _score(self, closure: Callable[[], Any] | None) -> float:
         if closure is not None:

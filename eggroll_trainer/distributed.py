@@ -1,21 +1,48 @@
 """Sharding the population over ``torch.distributed`` ranks (the OpenAI-ES scheme).
 
 Every rank holds the same θ and the same noise table; rank q evaluates members
-``q·N/R .. (q+1)·N/R - 1``; only the N fitness scalars cross the network (one all-gather); every rank then
-applies the identical update from regenerated noise. Active whenever the default process group is
-initialised with world size R > 1 (e.g. under ``torchrun``).
+``q·N/R .. (q+1)·N/R - 1``; only the N fitness scalars cross the network (one all-gather per
+generation, plus one broadcast of the seed when a trainer is built); every rank then applies the
+identical update from regenerated noise. Active whenever the default process group is initialised with
+world size R > 1. Under ``torchrun`` the trainer initialises it itself if the script has not.
 
-A rank whose fitness raises still joins the all-gather, flagging its failure, so every rank raises
-instead of waiting forever; a rank that dies outright is caught by the process group's timeout.
+Failure behaviour:
+
+* a rank whose evaluation raises still joins the generation's all-gather, flagging its failure, so it
+  re-raises its own exception and every other rank raises :class:`RemoteFitnessError` — in the same
+  generation, with θ unchanged everywhere;
+* ranks that disagree on the run (seed or generation — a trainer built before the process group, a
+  checkpoint loaded on some ranks only) raise :class:`RankMismatchError` instead of silently diverging;
+* a rank that dies or hangs is caught by the process group itself: gloo notices a closed connection
+  at once, and any collective fails after the group's ``timeout`` (``init_process_group(timeout=...)``;
+  PyTorch's default is 30 minutes for gloo, 10 for nccl).
 """
 
 from __future__ import annotations
 
-import math
+import atexit
+import logging
+import os
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+from .noise import hash_key
+
+logger = logging.getLogger(__name__)
+
+#: Header slots in front of each rank's scores: failure flag, generation, 52-bit seed fingerprint.
+_HEADER = 3
+
+
+class RemoteFitnessError(RuntimeError):
+    """Another rank's fitness evaluation failed during this generation."""
+
+
+class RankMismatchError(RuntimeError):
+    """The ranks are not running the same ES run (different seed or generation)."""
 
 
 def world() -> tuple[int, int]:
@@ -30,52 +57,115 @@ def shard(population_size: int) -> tuple[int, int]:
     rank, size = world()
     if population_size % size != 0:
         raise ValueError(
-            f"population_size={population_size} must be divisible by the world size {size}"
+            f"population_size={population_size} must be divisible by the world size {size} "
+            f"(each of the {size} processes evaluates population_size / {size} members)"
         )
     count = population_size // size
     return rank * count, count
 
 
-class RemoteFitnessError(RuntimeError):
-    """Another rank's fitness evaluation failed during this generation."""
+def init_from_torchrun() -> bool:
+    """Initialise the default process group from ``torchrun``'s environment if nobody has yet.
+
+    Only when the script runs under ``torchrun`` (``TORCHELASTIC_RUN_ID`` set) with ``WORLD_SIZE`` > 1 and
+    no group exists. The backend is PyTorch's default for the machine (gloo for CPU tensors, plus nccl
+    for CUDA ones when CUDA is available) and the timeout PyTorch's default; initialise the group
+    yourself, before building the trainer, to choose them. Returns whether a group was created."""
+    if not dist.is_available() or dist.is_initialized():
+        return False
+    if "TORCHELASTIC_RUN_ID" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    dist.init_process_group()
+    atexit.register(_destroy)
+    logger.info("initialised torch.distributed: rank %d of %d (%s)", *world(), dist.get_backend_config())
+    return True
 
 
-def gather_scores(local: Tensor | None, population_size: int) -> Tensor:
-    """All-gather every rank's scores into the (N,) population vector (float64, CPU).
+def _destroy() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
-    ``local=None`` means this rank failed: the others raise :class:`RemoteFitnessError`."""
-    rank, size = world()
-    if size == 1:
-        assert local is not None
-        return local
-    count = population_size // size
-    backend = dist.get_backend()
-    device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
-    # slot 0 = failure flag, then the scores
-    mine = torch.zeros(count + 1, dtype=torch.float64, device=device)
-    if local is None:
-        mine[0] = 1.0
-    else:
-        mine[1:] = local.to(device=device, dtype=torch.float64)
-    parts = [torch.empty_like(mine) for _ in range(size)]
-    dist.all_gather(parts, mine)
-    failed = [q for q, part in enumerate(parts) if part[0].item() != 0.0]
-    if failed and local is not None:
-        raise RemoteFitnessError(f"fitness evaluation failed on rank(s) {failed}; see their logs")
-    return torch.cat([part[1:] for part in parts]).cpu()
+
+def _device() -> torch.device:
+    """Where a collective's tensors must live: the CPU if the group has a CPU backend (gloo, mpi),
+    otherwise the current device of its accelerator (nccl: ``torch.cuda.current_device()``)."""
+    kinds = [entry.split(":")[0] for entry in dist.get_backend_config().split(",")]  # "cpu:gloo,cuda:nccl"
+    if "cpu" in kinds:
+        return torch.device("cpu")
+    return torch.device(kinds[0], getattr(torch, kinds[0]).current_device())
 
 
 def broadcast_seed(seed: int) -> int:
-    """Rank 0's seed, so that ``seed=None`` (random) still gives every rank the same noise."""
-    rank, size = world()
-    if size == 1:
+    """Rank 0's seed, so that ``seed=None`` (random) still gives every rank the same noise.
+
+    A collective: every rank must build its trainers in the same order. Initialises the process group
+    first when running under ``torchrun`` (see :func:`init_from_torchrun`)."""
+    init_from_torchrun()
+    if world()[1] == 1:
         return seed
-    backend = dist.get_backend()
-    device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
-    value = torch.tensor([seed], dtype=torch.int64, device=device)
+    value = torch.tensor([seed], dtype=torch.int64, device=_device())
     dist.broadcast(value, src=0)
     return int(value.item())
 
 
-def ceil_div(a: int, b: int) -> int:
-    return math.ceil(a / b)
+def evaluate_sharded(
+    population_size: int, evaluate: Callable[[int, int], Tensor], *, seed: int, generation: int
+) -> Tensor:
+    """Scores of the whole population, (N,) float64 on the CPU, each rank evaluating only its shard.
+
+    ``evaluate(start, count)`` scores members ``start .. start+count-1``. If it raises on any rank, every
+    rank raises (see the module docstring); ``seed`` and ``generation`` must agree across ranks."""
+    start, count = shard(population_size)
+    if world()[1] == 1:
+        return evaluate(start, count)
+    try:
+        local = evaluate(start, count).to(torch.float64).reshape(-1)
+        if local.numel() != count:
+            raise ValueError(f"evaluated {local.numel()} scores for a shard of {count} members")
+    except BaseException:
+        try:
+            gather_scores(None, population_size, seed=seed, generation=generation)  # the others raise
+        except Exception:  # a dead or timed-out peer: the original error is the one to see
+            logger.exception("could not tell the other ranks about this rank's failure")
+        raise
+    return gather_scores(local, population_size, seed=seed, generation=generation)
+
+
+def gather_scores(local: Tensor | None, population_size: int, *, seed: int = 0, generation: int = 0) -> Tensor:
+    """All-gather every rank's scores into the (N,) population vector (float64, CPU).
+
+    ``local=None`` means this rank failed: the others raise :class:`RemoteFitnessError`, this one
+    returns nothing useful (its caller re-raises its own error)."""
+    rank, size = world()
+    if size == 1:
+        if local is None:
+            raise ValueError("gather_scores: no scores on a single process")
+        return local
+    count = population_size // size
+    device = _device()
+    mine = torch.zeros(_HEADER + count, dtype=torch.float64, device=device)
+    mine[1] = generation
+    mine[2] = hash_key(seed) >> 12  # 52 bits: exact in float64
+    if local is None:
+        mine[0] = 1.0
+    else:
+        mine[_HEADER:] = local.to(device=device, dtype=torch.float64)
+    parts = torch.empty(size, _HEADER + count, dtype=torch.float64, device=device)
+    dist.all_gather(list(parts.unbind(0)), mine)
+    parts = parts.cpu()
+    failed = [q for q in range(size) if parts[q, 0] != 0]
+    if failed:
+        if local is None:
+            return parts[:, _HEADER:].reshape(-1)
+        raise RemoteFitnessError(
+            f"generation {generation}: fitness evaluation failed on rank(s) {failed} (see their traceback); "
+            "parameters unchanged on every rank"
+        )
+    if not (parts[:, 1:_HEADER] == parts[0, 1:_HEADER]).all():
+        states = ", ".join(f"rank {q}: generation {int(parts[q, 1])}" for q in range(size))
+        raise RankMismatchError(
+            f"the ranks are not running the same ES run ({states}; seeds "
+            f"{'agree' if bool((parts[:, 2] == parts[0, 2]).all()) else 'differ'}). Initialise torch.distributed "
+            "before building the trainer on every rank, and load the same checkpoint on every rank"
+        )
+    return parts[:, _HEADER:].reshape(-1)

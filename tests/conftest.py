@@ -1,0 +1,90 @@
+"""Shared helpers: tiny models, data and fitness functions that record what they saw."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from eggroll_trainer import current_population
+
+# The suite's models are tiny: one thread avoids OpenMP spin-waits on a shared 2-core machine.
+torch.set_num_threads(1)
+
+
+class TwoLayer(nn.Module):
+    """Two same-shaped hidden layers, so noise sharing between equal shapes would show."""
+
+    def __init__(self, width: int = 6, norm: bool = False) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(4, width)
+        self.fc2 = nn.Linear(width, width)
+        self.fc3 = nn.Linear(width, width)
+        self.norm = nn.LayerNorm(width) if norm else nn.Identity()
+        self.head = nn.Linear(width, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.fc1(x))
+        h = torch.tanh(self.norm(self.fc2(h)))
+        h = torch.tanh(self.fc3(h))
+        return self.head(h)
+
+
+def make_data(seed: int = 0, rows: int = 32):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, 4, generator=g)
+    y = torch.sin(x[:, :1]) + 0.5 * x[:, 1:2]
+    return x, y
+
+
+def make_model(seed: int = 0, **kwargs) -> nn.Module:
+    g_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    model = TwoLayer(**kwargs)
+    torch.random.set_rng_state(g_state)
+    return model
+
+
+def neg_mse(x, y):
+    def fitness(model):
+        return -((model(x) - y) ** 2).mean().item()
+
+    return fitness
+
+
+def neg_mse_batched(x, y):
+    def fitness(model):
+        k = current_population().size
+        pred = model(x.expand(k, *x.shape))
+        return -((pred - y) ** 2).mean(dim=(1, 2))
+
+    return fitness
+
+
+class Recorder:
+    """A fitness function that snapshots the model's parameters at every call."""
+
+    def __init__(self, score=lambda model: 0.0):
+        self.snapshots = []
+        self.score = score
+
+    def __call__(self, model):
+        self.snapshots.append({k: v.detach().clone() for k, v in model.named_parameters()})
+        return self.score(model)
+
+
+@pytest.fixture
+def data():
+    return make_data()
+
+
+def params_of(model):
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def same(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def clone(model):
+    return copy.deepcopy(model)
