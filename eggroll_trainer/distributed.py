@@ -151,7 +151,15 @@ def gather_scores(local: Tensor | None, population_size: int, *, seed: int = 0, 
     else:
         mine[_HEADER:] = local.to(device=device, dtype=torch.float64)
     parts = torch.empty(size, _HEADER + count, dtype=torch.float64, device=device)
-    dist.all_gather(list(parts.unbind(0)), mine)
+    try:
+        dist.all_gather(list(parts.unbind(0)), mine)
+    except Exception as exc:
+        if hasattr(exc, "add_note"):  # Python ≥ 3.11
+            exc.add_note(
+                f"eggroll_trainer: the all-gather of generation {generation}'s fitness scores failed; another "
+                "rank has probably died, or hung past the process group's timeout (init_process_group(timeout=...))"
+            )
+        raise
     parts = parts.cpu()
     failed = [q for q in range(size) if parts[q, 0] != 0]
     if failed:

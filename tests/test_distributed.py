@@ -108,57 +108,61 @@ def outcome(fn) -> str:
 
 # ----------------------------------------------------------------------------- worker processes
 def worker(scenario: str, out: Path) -> None:
-    timeout = timedelta(seconds=3 if scenario == "hang" else 60)
-    dist.init_process_group("gloo", timeout=timeout)
+    if scenario == "hang":
+        hang(out)
+    dist.init_process_group("gloo", timeout=timedelta(seconds=60))
     rank = dist.get_rank()
     results: dict = {}
-    if scenario == "main":
-        for case in CASES:
-            results[case] = run(case, GENERATIONS)
-        _, trainer, _ = build("sequential", seed=None)
-        results["random_seed"] = trainer.seed
-        # checkpoint written by one process, resumed here on two; and the reverse (rank 0 saves)
-        results["resumed"] = run("sequential", GENERATIONS - 1, torch.load(out / "checkpoint_1proc.pt"))
-        ckpt = checkpoint_after("batched", 1)
-        if rank == 0:
-            torch.save(ckpt, out / "checkpoint_2proc.pt")
-        # a raising fitness on rank 1 only (its 2nd member of generation 1); then recovery on every rank
-        model, trainer, fitness = build("sequential")
-        trainer.step()
-        before = params_of(model)
-        if rank == 1:
-            fitness.fail_at = len(fitness.calls) + 1
-        results["failure"] = outcome(trainer.step)
-        results["after_failure"] = params_of(model)
-        results["unchanged"] = all(torch.equal(a, b) for a, b in zip(before, results["after_failure"]))
-        fitness.fail_at = None
-        results["recovered"] = outcome(trainer.step)
-        results["recovered_params"] = params_of(model)
-        # population not divisible by the world size
-        model = make_model()
-        trainer = EGGROLLTrainer(model.parameters(), model=model, fitness_fn=Fitness(False), population_size=5, seed=0)
-        results["indivisible"] = outcome(trainer.step)
-        # a checkpoint loaded on rank 1 only: the ranks disagree on seed and generation
-        model, trainer, _ = build("sequential", seed=1)
-        if rank == 1:
-            trainer.load_state_dict(torch.load(out / "checkpoint_1proc.pt")["trainer"])
-        results["mismatch"] = outcome(trainer.step)
-    elif scenario in ("dead", "hang"):
-        model, trainer, fitness = build("sequential")
-        if rank == 1:
-            if scenario == "dead":
-                fitness.fail_at = -1  # never raises; the process ends instead
-                trainer.fitness_fn = lambda model: os._exit(3)
-            else:
-                trainer.fitness_fn = lambda model: time.sleep(8) or 0.0
-        started = time.perf_counter()
-        results["error"] = outcome(trainer.step)
-        results["seconds"] = time.perf_counter() - started
-    torch.save(results, out / f"{scenario}_rank{rank}.pt")
-    if scenario == "main":
-        dist.destroy_process_group()
-    else:
-        os._exit(0)  # the group is broken; do not wait on it at exit
+    for case in CASES:
+        results[case] = run(case, GENERATIONS)
+    _, trainer, _ = build("sequential", seed=None)
+    results["random_seed"] = trainer.seed
+    # checkpoint written by one process, resumed here on two; and the reverse (rank 0 saves)
+    results["resumed"] = run("sequential", GENERATIONS - 1, torch.load(out / "checkpoint_1proc.pt"))
+    ckpt = checkpoint_after("batched", 1)
+    if rank == 0:
+        torch.save(ckpt, out / "checkpoint_2proc.pt")
+    # a raising fitness on rank 1 only (its 2nd member of generation 1); then recovery on every rank
+    model, trainer, fitness = build("sequential")
+    trainer.step()
+    before = params_of(model)
+    if rank == 1:
+        fitness.fail_at = len(fitness.calls) + 1
+    results["failure"] = outcome(trainer.step)
+    results["after_failure"] = params_of(model)
+    results["unchanged"] = all(torch.equal(a, b) for a, b in zip(before, results["after_failure"]))
+    fitness.fail_at = None
+    results["recovered"] = outcome(trainer.step)
+    results["recovered_params"] = params_of(model)
+    # population not divisible by the world size
+    model = make_model()
+    trainer = EGGROLLTrainer(model.parameters(), model=model, fitness_fn=Fitness(False), population_size=5, seed=0)
+    results["indivisible"] = outcome(trainer.step)
+    # a checkpoint loaded on rank 1 only: the ranks disagree on seed and generation
+    model, trainer, _ = build("sequential", seed=1)
+    if rank == 1:
+        trainer.load_state_dict(torch.load(out / "checkpoint_1proc.pt")["trainer"])
+    results["mismatch"] = outcome(trainer.step)
+    torch.save(results, out / f"main_rank{rank}.pt")
+    # last, as it breaks the group: rank 1 dies inside its fitness
+    if rank == 1:
+        trainer.fitness_fn = lambda model: os._exit(3)
+    started = time.perf_counter()
+    error = outcome(trainer.step)
+    torch.save({"error": error, "seconds": time.perf_counter() - started}, out / "dead_rank0.pt")
+    os._exit(0)  # the group is broken; do not wait on it at exit
+
+
+def hang(out: Path) -> None:
+    """Rank 1 hangs inside its fitness; rank 0 must fail after the group's timeout (4 s)."""
+    _, trainer, _ = build("sequential")  # built first (no collective: seed given), so start-up skew is small
+    dist.init_process_group("gloo", timeout=timedelta(seconds=4))
+    if dist.get_rank() == 1:
+        trainer.fitness_fn = lambda model: time.sleep(SPAWN_TIMEOUT)
+    started = time.perf_counter()
+    error = outcome(trainer.step)
+    torch.save({"error": error, "seconds": time.perf_counter() - started}, out / "hang_rank0.pt")
+    os._exit(0)
 
 
 def free_port() -> int:
@@ -167,8 +171,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def spawn(scenario: str, out: Path) -> tuple[list[int], list[str]]:
-    """Start WORLD worker processes on loopback; return their exit codes and stderr (killed at the timeout)."""
+def spawn(scenario: str, out: Path) -> tuple[list[int | None], list[str]]:
+    """Start WORLD worker processes on loopback and wait for rank 0 (killed at the timeout); ranks still
+    running 10 s after rank 0 ended are killed (exit code None). Returns exit codes and stderr."""
     port = free_port()
     procs = []
     for rank in range(WORLD):
@@ -176,16 +181,24 @@ def spawn(scenario: str, out: Path) -> tuple[list[int], list[str]]:
                    WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")  # fmt: skip
         procs.append(subprocess.Popen([sys.executable, __file__, scenario, str(out)], env=env,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))  # fmt: skip
-    deadline = time.monotonic() + SPAWN_TIMEOUT
-    errors = []
-    for proc in procs:
-        try:
-            errors.append(proc.communicate(timeout=max(1.0, deadline - time.monotonic()))[1])
-        except subprocess.TimeoutExpired:
-            for p in procs:
-                p.kill()
-            pytest.fail(f"distributed scenario {scenario!r} hung for {SPAWN_TIMEOUT} s")
-    return [p.returncode for p in procs], errors
+    errors, codes = [], []
+    try:
+        for rank, proc in enumerate(procs):
+            try:
+                errors.append(proc.communicate(timeout=SPAWN_TIMEOUT if rank == 0 else 10)[1])
+                codes.append(proc.returncode)
+            except subprocess.TimeoutExpired:
+                if rank == 0:
+                    pytest.fail(f"distributed scenario {scenario!r}: rank 0 hung for {SPAWN_TIMEOUT} s")
+                proc.kill()
+                errors.append(proc.communicate()[1])
+                codes.append(None)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return codes, errors
 
 
 def load(out: Path, scenario: str) -> list[dict]:
@@ -198,7 +211,7 @@ def ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("distributed")
     torch.save(checkpoint_after("sequential", 1), out / "checkpoint_1proc.pt")
     codes, errors = spawn("main", out)
-    assert codes == [0] * WORLD, "\n".join(errors)
+    assert codes == [0, 3], "\n".join(errors)  # rank 1 ends by dying on purpose (the last scenario)
     return out, load(out, "main")
 
 
@@ -290,16 +303,17 @@ def test_ranks_running_different_runs_raise(ranks):
         assert result["mismatch"].startswith(RankMismatchError.__name__)
 
 
-@pytest.mark.parametrize("scenario", ["dead", "hang"])
-def test_dead_or_hung_rank_does_not_hang_the_others(tmp_path, scenario):
-    """Rank 1 exits (or sleeps 8 s) inside its fitness; rank 0 fails instead of waiting: at once for a
-    dead peer, after the process group's timeout (3 s here) for a hung one."""
-    codes, errors = spawn(scenario, tmp_path)
-    zero = torch.load(tmp_path / f"{scenario}_rank0.pt")
-    assert zero["error"] != "ok", errors[0]
-    assert zero["seconds"] < 8, zero
-    if scenario == "dead":
-        assert codes[1] == 3
+def test_a_dead_rank_fails_the_others_at_once(ranks):
+    out, _ = ranks
+    zero = torch.load(out / "dead_rank0.pt")
+    assert zero["error"] != "ok" and zero["seconds"] < 30, zero
+
+
+def test_a_hung_rank_fails_the_others_after_the_timeout(tmp_path):
+    codes, errors = spawn("hang", tmp_path)
+    zero = torch.load(tmp_path / "hang_rank0.pt")
+    assert codes[0] == 0, errors[0]
+    assert zero["error"] != "ok" and 3.5 < zero["seconds"] < 30, zero
 
 
 if __name__ == "__main__":

@@ -79,3 +79,9 @@ def test_readme_quickstart_runs():
     ns = run_page(ROOT / "README.md", budgets={"trainer.train(200)": "trainer.train(2)", "range(100)": "range(2)"})
     assert ns["trainer"].generation == 2
     assert ns["opt"].generation == 2
+
+
+@pytest.mark.parametrize("page", ["population.md", "schedulers.md", "checkpointing.md", "custom.md", "hyperparameters.md"])
+def test_guide_runs(page):
+    """The user-guide pages whose examples run on one process in seconds (they assert what they claim)."""
+    run_page(ROOT / "docs" / "guide" / page)
