@@ -36,20 +36,22 @@ _UPDATE_CHUNK_VALUES = 1 << 24
 class ESTrainer(torch.optim.Optimizer):
     r"""Evolution Strategies as a PyTorch optimizer.
 
-    Each generation (one :meth:`step`) evaluates ``N = population_size`` members
-    :math:`\theta + \sigma s_i E_{k(i)}` and moves :math:`\theta` along the ES gradient estimate
+    Each generation (one [`step`][eggroll_trainer.ESTrainer.step]) evaluates `N = population_size` members
+    $\theta + \sigma s_i E_{k(i)}$ and moves $\theta$ along the ES gradient estimate
 
     $$\hat g = \frac{1}{N\sigma} \sum_{i=1}^{N} \tilde f_i \, s_i E_{k(i)},$$
 
-    where :math:`\tilde f` are the shaped fitnesses (higher is better), :math:`s_i = \pm 1` the antithetic
-    sign and :math:`E_k` the keyed noise of pair :math:`k` (full-rank Gaussian here; low rank in
-    :class:`~eggroll_trainer.EGGROLLTrainer`). :math:`\hat g` is an *ascent* direction: plain SGD does
-    :math:`\theta \leftarrow \theta + \mathrm{lr}\cdot\hat g`; with Adam/AdamW, :math:`-\hat g` plays the role
-    of the gradient.
+    where $\tilde f$ are the shaped fitnesses (higher is better), $s_i = \pm 1$ the antithetic sign and
+    $E_k$ the keyed noise of pair $k$ (full-rank Gaussian here; low rank in
+    [`EGGROLLTrainer`][eggroll_trainer.EGGROLLTrainer]). $\hat g$ is an *ascent* direction: plain SGD does
+    $\theta \leftarrow \theta + \mathrm{lr}\cdot\hat g$; with Adam/AdamW, $-\hat g$ plays the role of the
+    gradient.
 
-    Used directly (or through :class:`~eggroll_trainer.VanillaESTrainer`) every parameter gets full-rank
-    noise. Subclasses that override :meth:`sample_perturbations` / :meth:`compute_update` work on flat
-    vectors instead, as in eggroll-trainer 0.1.0.
+    Used directly (or through [`VanillaESTrainer`][eggroll_trainer.VanillaESTrainer]) every parameter gets
+    full-rank noise. Subclasses that override
+    [`sample_perturbations`][eggroll_trainer.ESTrainer.sample_perturbations] /
+    [`compute_update`][eggroll_trainer.ESTrainer.compute_update] work on flat vectors instead, as in
+    eggroll-trainer 0.1.0.
 
     Args:
         params: parameters to train (usually ``model.parameters()``) or param-group dicts.
@@ -69,12 +71,16 @@ class ESTrainer(torch.optim.Optimizer):
         noise_reuse: k ≥ 2 keeps the same noise for k consecutive generations; 0 or 1: fresh noise each
             generation. (eggroll-trainer 0.1.0 used this flag for antithetic sampling: see ``antithetic``.)
         optimizer: rule applying ĝ: ``"sgd"`` (default), ``"adam"``, ``"adamw"`` or ``"clipup"``.
-        momentum, dampening, nesterov: SGD momentum (as ``torch.optim.SGD``); ClipUp uses ``momentum`` too.
+        momentum: SGD momentum factor (as ``torch.optim.SGD``); ClipUp's velocity decay.
+        dampening: SGD dampening for momentum (as ``torch.optim.SGD``).
+        nesterov: SGD Nesterov momentum (as ``torch.optim.SGD``).
         weight_decay: L2 penalty (decoupled for ``"adamw"``).
-        betas, eps: Adam/AdamW coefficients.
+        betas: Adam/AdamW coefficients of the running averages.
+        eps: Adam/AdamW term added to the denominator.
         max_speed: ClipUp's velocity bound (default ``2 * lr``).
         batched: evaluate the population in population mode (one forward for all members; see
-            :mod:`eggroll_trainer.population`); ``fitness_fn`` then returns one score per member.
+            [`current_population`][eggroll_trainer.current_population]); ``fitness_fn`` then returns one
+            score per member.
         chunk_size: with ``batched=True``, members per population-mode call (bounded memory).
         noise_table_size: values in the shared noise table (default: sized from the model, ≤ 2^25).
     """
@@ -189,16 +195,24 @@ class ESTrainer(torch.optim.Optimizer):
 
     # --------------------------------------------------------------------------- subclass hooks
     def _noise_spec(self, param: Tensor) -> NoiseSpec | None:
-        """How ``param`` is perturbed: full-rank Gaussian noise here; ``None`` freezes it."""
+        """Subclass hook: how ``param`` is perturbed. Called once per parameter tensor, at construction.
+
+        Returns:
+            ``NoiseSpec(param.shape, rank=r)`` for low-rank noise ``A Bᵀ/√r`` (2-D tensors only),
+            ``NoiseSpec(param.shape, rank=None)`` for full-rank Gaussian noise (the default here), or ``None``
+            to freeze the tensor: neither perturbed nor updated. ``NoiseSpec`` is
+            ``eggroll_trainer.noise.NoiseSpec``.
+        """
         return NoiseSpec(param.shape, rank=None)
 
     def sample_perturbations(self, population_size: int) -> Tensor:
         """Flat-vector hook (eggroll-trainer 0.1.0 API): ``(N, D)`` unit perturbations.
 
-        Override it (and/or :meth:`compute_update`) to write a custom ES on flat vectors: member i is then
-        evaluated at ``current_params + σ · perturbations[i]`` and ``compute_update`` returns the ascent
-        direction added as ``lr · update``. The default materialises the keyed noise of this generation
-        (O(N·D): for inspection, not for training)."""
+        Override it (and/or [`compute_update`][eggroll_trainer.ESTrainer.compute_update]) to write a custom
+        ES on flat vectors: member i is then evaluated at ``current_params + σ · perturbations[i]`` and
+        ``compute_update`` returns the ascent direction added as ``lr · update``. The default materialises
+        the keyed noise of this generation (O(N·D): for inspection, not for training).
+        """
         noises = self._generation_noise(self.generation)
         pairs, signs = member_pairs(0, population_size, self.antithetic, torch.device("cpu"))
         rows = []
@@ -213,8 +227,12 @@ class ESTrainer(torch.optim.Optimizer):
         return torch.stack(rows)
 
     def compute_update(self, perturbations: Tensor, fitnesses: Tensor) -> Tensor:
-        """Flat-vector hook: ``(N, D), (N,) -> (D,)`` ascent direction. Default: the ES estimate
-        ``Σ f̃_i ε_i / (N σ)`` with this trainer's fitness shaping."""
+        """Flat-vector hook: ``(N, D), (N,) -> (D,)`` ascent direction.
+
+        ``fitnesses`` are the raw scores (higher is better; non-finite ones already replaced by a value below
+        every finite score). Default: the ES estimate ``Σᵢ f̃ᵢ εᵢ / (N σ)`` with this
+        trainer's fitness shaping.
+        """
         shaped = shape_fitness(fitnesses.double().cpu(), self._shaping, self.group_size)
         shaped = shaped.to(device=perturbations.device, dtype=perturbations.dtype)
         return shaped @ perturbations / (perturbations.shape[0] * self.param_groups[0]["sigma"])
@@ -276,7 +294,7 @@ class ESTrainer(torch.optim.Optimizer):
         noises = self._generation_noise(self.generation)
         scores = self._evaluate(noises, closure)  # (N,) float64, higher is better
         finite = self._check_finite(scores)
-        self._record_best(scores, noises)
+        best = self._best_candidate(scores, noises)  # built from θ before it moves
         shaped = shape_fitness(scores, self._shaping, self.group_size)
         pairs, signs = member_pairs(0, self.population_size, self.antithetic, torch.device("cpu"))
         # Σ_i f̃_i s_i E_k(i) = Σ_k w_k E_k with w_k = Σ_{i in pair k} s_i f̃_i
@@ -284,6 +302,8 @@ class ESTrainer(torch.optim.Optimizer):
         pair_weights.index_add_(0, pairs, signs.double() * shaped)
         with _defer_keyboard_interrupt():
             self._apply(noises, pair_weights)
+            if best is not None:
+                self.best_fitness, self._best_params = best
             return self._finish(scores[finite], closure is not None)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -370,7 +390,8 @@ class ESTrainer(torch.optim.Optimizer):
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore a :meth:`state_dict`; the run then continues bit-identically (the saved seed wins)."""
+        """Restore a [`state_dict`][eggroll_trainer.ESTrainer.state_dict]; the run then continues bit-identically
+        (the saved seed wins)."""
         es = state_dict.get("es")
         if es is None:
             raise ValueError("load_state_dict: not an ESTrainer state dict (no 'es' entry)")
@@ -495,13 +516,16 @@ class ESTrainer(torch.optim.Optimizer):
             )
         return finite
 
-    def _record_best(self, scores: Tensor, noises: list[ParamNoise | None]) -> None:
-        """Keep the best member so far, rebuilt from its key exactly as sequential evaluation builds it."""
+    def _best_candidate(
+        self, scores: Tensor, noises: list[ParamNoise | None]
+    ) -> tuple[float, list[Tensor]] | None:
+        """This generation's best member if it beats the best so far, rebuilt from its key exactly as
+        sequential evaluation builds it (θ + σ s E, same ops, same order)."""
         clean, _ = finite_or_worst(scores)
         member = int(torch.argmax(clean))
         value = float(scores[member])
         if not math.isfinite(value) or (self.best_fitness is not None and value <= self.best_fitness):
-            return
+            return None
         pairs, signs = member_pairs(member, 1, self.antithetic, torch.device("cpu"))
         best = []
         for p, noise, sigma in zip(self._all_params(), noises, self._sigmas()):
@@ -509,12 +533,14 @@ class ESTrainer(torch.optim.Optimizer):
             if noise is not None:
                 noise.perturb_(value_p, int(pairs[0]), float(signs[0]) * sigma)
             best.append(value_p)
-        self.best_fitness = value
-        self._best_params = best
+        return value, best
 
     def _apply(self, noises: list[ParamNoise | None], pair_weights: Tensor) -> None:
-        """ĝ_j = Σ_k w_k E_k / (N σ) for every perturbed parameter, then the group's update rule."""
+        """ĝ_j = Σ_k w_k E_k / (N σ) for every perturbed parameter, then the group's update rule.
+
+        All estimates are computed and checked before any parameter moves: all or nothing."""
         index = 0
+        updates = []
         for group in self.param_groups:
             params, grads = [], []
             for p in group["params"]:
@@ -528,6 +554,9 @@ class ESTrainer(torch.optim.Optimizer):
                 w = pair_weights.to(device=p.device, dtype=p.dtype)
                 grads.append(noise.weighted_sum(w, chunk).div_(self.population_size * group["sigma"]))
                 params.append(p)
+            updates.append((group, params, grads))
+        _check_finite_update([g for _, _, grads in updates for g in grads], self.generation)
+        for group, params, grads in updates:
             if params:
                 apply_update(group, params, grads, self.state)
 
@@ -571,6 +600,7 @@ class ESTrainer(torch.optim.Optimizer):
             flat = theta + sigma * perturbations[member].to(theta)
             self._best_params = [t.view_as(p).clone() for t, p in zip(_split(flat, params), params)]
         update = self.compute_update(perturbations, clean.to(device=theta.device, dtype=torch.float32))
+        _check_finite_update([update], self.generation)
         with _defer_keyboard_interrupt():
             index = 0
             for group in self.param_groups:
@@ -605,6 +635,11 @@ def _scalar(value: Any, what: str) -> float:
         return float(value)
     except (TypeError, ValueError):
         raise TypeError(f"{what} must return a number, got {type(value).__name__}") from None
+
+
+def _check_finite_update(grads: list[Tensor], generation: int) -> None:
+    if not all(bool(torch.isfinite(g).all()) for g in grads):
+        raise RuntimeError(f"generation {generation}: the ES estimate is not finite; parameters unchanged")
 
 
 def _split(flat: Tensor, params: list[Tensor]) -> list[Tensor]:

@@ -15,33 +15,41 @@ from .noise import NoiseSpec
 class EGGROLLTrainer(ESTrainer):
     r"""EGGROLL: Evolution Guided General Optimization via Low-rank Learning.
 
-    A 2-D weight :math:`W \in \mathbb R^{m\times n}` gets the low-rank perturbation
+    A 2-D weight $W \in \mathbb R^{m\times n}$ gets the low-rank perturbation
 
     $$E_k = \frac{1}{\sqrt r} A_k B_k^\top,\qquad A_k \in \mathbb R^{m\times r},\ B_k \in \mathbb R^{n\times r},
     \ \text{entries i.i.d. } \mathcal N(0, 1),$$
 
-    every other parameter full-rank noise (or none, with ``freeze_nonlora=True``). The estimate
+    every other parameter full-rank noise (or none, with `freeze_nonlora=True`). The estimate
 
     $$\hat g_W = \frac{1}{N\sigma} \sum_i \tilde f_i\, s_i E_{k(i)}
              = \frac{1}{N\sigma\sqrt r}\,\big[\tilde w_1 A_1 \cdots \tilde w_P A_P\big]\,
                \big[B_1 \cdots B_P\big]^\top$$
 
-    is one (chunked) GEMM of an m×(P·r) by a (P·r)×n matrix, with :math:`\tilde w_k` the signed pair
-    weights; its rank is min(P·r, m, n) — full rank in practice — and it converges to the full-rank ES
-    update at O(1/r). With ``batched=True`` each ``nn.Linear`` evaluates all members in one forward:
-    :math:`y_i = x_i W^\top + b + \sigma s_i (x_i B_k) A_k^\top/\sqrt r + \sigma s_i \beta_k`.
+    is one (chunked) GEMM of an $m\times Pr$ by a $Pr\times n$ matrix, with $\tilde w_k$ the signed pair
+    weights; its rank is $\min(Pr, m, n)$ — full rank in practice — and it converges to the full-rank ES
+    update at $O(1/r)$. With `batched=True` each `nn.Linear` evaluates all members in one forward:
+    $y_i = x_i W^\top + b + \sigma s_i (x_i B_k) A_k^\top/\sqrt r + \sigma s_i \beta_k$.
 
     Args:
+        params: parameters to train (usually `model.parameters()`) or param-group dicts.
+        model: the module whose parameters are trained; handed to `fitness_fn`.
+        fitness_fn: `fitness_fn(model) -> float` (higher is better), or one score per member with
+            `batched=True`; may be `None` when every step gets a closure.
+        population_size: members per generation N.
+        learning_rate: step size (stored as `param_groups[i]["lr"]`).
+        sigma: noise scale σ (stored as `param_groups[i]["sigma"]`).
         rank: r, the rank of each member's weight perturbation.
         noise_reuse: k ≥ 2 keeps a noise epoch for k generations (0 or 1: fresh every generation).
             eggroll-trainer 0.1.0 also switched antithetic sampling with this flag; here that is
-            ``antithetic`` (on by default).
+            `antithetic` (on by default).
         group_size: G > 0 subtracts each block's mean and divides by the global std (G must divide N).
         freeze_nonlora: if True, parameters that are not 2-D are neither perturbed nor updated.
-
-    The other arguments, positional and keyword-only (``lr``, ``antithetic``, ``fitness_shaping``,
-    ``optimizer``, ``momentum``, ``weight_decay``, ``betas``, ``batched``, ``chunk_size``, ...), are those of
-    :class:`~eggroll_trainer.ESTrainer`.
+        device: if given, the model is moved there; otherwise the parameters' device is used.
+        seed: noise seed; `None` draws one (never from torch's global RNG).
+        **options: the keyword-only arguments of [`ESTrainer`][eggroll_trainer.ESTrainer] (`lr`,
+            `antithetic`, `fitness_shaping`, `optimizer`, `momentum`, `weight_decay`, `betas`, `batched`,
+            `chunk_size`, ...).
     """
 
     def __init__(

@@ -170,3 +170,19 @@ def test_nan_free_updates_even_with_constant_fitness():
         trainer.step()
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert same(theta, params_of(model))  # zero shaped fitness: no move
+
+
+def test_overflowing_fitness_never_writes_non_finite_weights():
+    model = make_model()
+    theta = params_of(model)
+    calls = {"n": 0}
+
+    def huge(m):
+        calls["n"] += 1
+        return 1e308 * (1 if calls["n"] % 2 else -1)
+
+    trainer = EGGROLLTrainer(model.parameters(), model=model, fitness_fn=huge, population_size=8, seed=0,
+                             fitness_shaping="raw", learning_rate=1e10)  # fmt: skip
+    with pytest.raises(RuntimeError, match="not finite"):
+        trainer.step()
+    assert same(theta, params_of(model))

@@ -1,4 +1,4 @@
-"""Every ```python block on the Home and Getting started pages, and the README's quickstart, runs as written.
+"""Every ```python block on the Home, Getting started and user-guide pages, and the README's quickstart, runs.
 
 The blocks of one page run in order in one namespace, as a reader pasting them into one session would.
 Blocks that need MuJoCo or long runs are shown as ```bash on those pages, so they are not collected here.
@@ -75,13 +75,17 @@ def test_getting_started_runs():
 
 
 def test_readme_quickstart_runs():
-    # The README's quickstart trains for 200 generations (about a minute on 2 cores); 2 prove it runs.
-    ns = run_page(ROOT / "README.md", budgets={"trainer.train(200)": "trainer.train(2)", "range(100)": "range(2)"})
+    # The README's quickstart trains for 200 generations; 2 prove that it runs as written.
+    ns = run_page(
+        ROOT / "README.md", budgets={"trainer.train(200)": "trainer.train(2)", "range(100)": "range(2)"}
+    )
     assert ns["trainer"].generation == 2
     assert ns["opt"].generation == 2
 
 
-@pytest.mark.parametrize("page", ["population.md", "schedulers.md", "checkpointing.md", "custom.md", "hyperparameters.md"])
+@pytest.mark.parametrize(
+    "page", ["population.md", "schedulers.md", "checkpointing.md", "custom.md", "hyperparameters.md"]
+)
 def test_guide_runs(page):
     """The user-guide pages whose examples run on one process in seconds (they assert what they claim)."""
     run_page(ROOT / "docs" / "guide" / page)
