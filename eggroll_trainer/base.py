@@ -321,7 +321,8 @@ class ESTrainer(torch.optim.Optimizer):
         """
         _check(_is_int(num_generations) and num_generations >= 0, f"Invalid num_generations: {num_generations}")
         interrupted = False
-        bar = tqdm(range(num_generations), disable=not verbose, desc="generations")
+        show = verbose and distributed.world()[0] == 0  # one bar, not one per process
+        bar = tqdm(range(num_generations), disable=not show, desc="generations")
         try:
             for _ in bar:
                 metrics = self.step()
@@ -638,8 +639,17 @@ def _scalar(value: Any, what: str) -> float:
 
 
 def _check_finite_update(grads: list[Tensor], generation: int) -> None:
-    if not all(bool(torch.isfinite(g).all()) for g in grads):
+    if not all(_all_finite(g) for g in grads):
         raise RuntimeError(f"generation {generation}: the ES estimate is not finite; parameters unchanged")
+
+
+def _all_finite(t: Tensor) -> bool:
+    # min and max are finite iff every value is (NaN propagates): one pass, no temporaries — isfinite().all()
+    # costs ~25x more on CPU, a fifth of a whole generation for a 1M-parameter MLP (benchmarks/).
+    if t.numel() == 0:
+        return True
+    lo, hi = torch.aminmax(t)
+    return bool(torch.isfinite(lo) & torch.isfinite(hi))
 
 
 def _split(flat: Tensor, params: list[Tensor]) -> list[Tensor]:

@@ -77,7 +77,7 @@ def init_from_torchrun() -> bool:
         return False
     dist.init_process_group()
     atexit.register(_destroy)
-    logger.info("initialised torch.distributed: rank %d of %d (%s)", *world(), dist.get_backend_config())
+    logger.info("initialised torch.distributed from torchrun's environment: rank %d of %d", *world())
     return True
 
 
@@ -89,6 +89,12 @@ def _destroy() -> None:
 def _device() -> torch.device:
     """Where a collective's tensors must live: the CPU if the group has a CPU backend (gloo, mpi),
     otherwise the current device of its accelerator (nccl: ``torch.cuda.current_device()``)."""
+    if not hasattr(dist, "get_backend_config"):  # older PyTorch: one backend per group
+        return (
+            torch.device("cuda", torch.cuda.current_device())
+            if dist.get_backend() == "nccl"
+            else torch.device("cpu")
+        )
     kinds = [entry.split(":")[0] for entry in dist.get_backend_config().split(",")]  # "cpu:gloo,cuda:nccl"
     if "cpu" in kinds:
         return torch.device("cpu")
@@ -106,6 +112,30 @@ def broadcast_seed(seed: int) -> int:
     value = torch.tensor([seed], dtype=torch.int64, device=_device())
     dist.broadcast(value, src=0)
     return int(value.item())
+
+
+def any_rank(flag: bool) -> bool:
+    """``True`` on every rank if ``flag`` is true on any rank (one tiny all-reduce; free on one process).
+
+    For decisions that must be collective, such as stopping on a time budget: with each rank reading
+    its own clock, one rank could start a generation that the others never join."""
+    if world()[1] == 1:
+        return bool(flag)
+    value = torch.tensor([1.0 if flag else 0.0], device=_device())
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def all_sum(tensor: Tensor) -> Tensor:
+    """``tensor`` summed over the ranks, as a new tensor on its device (a copy on one process).
+
+    For state that every rank must share but each rank sees only a part of — e.g. the running
+    observation statistics (count, sum, sum of squares) of an RL policy, gathered from this rank's members."""
+    if world()[1] == 1:
+        return tensor.clone()
+    total = tensor.detach().to(device=_device(), copy=True)
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total.to(tensor.device)
 
 
 def evaluate_sharded(
@@ -131,7 +161,9 @@ def evaluate_sharded(
     return gather_scores(local, population_size, seed=seed, generation=generation)
 
 
-def gather_scores(local: Tensor | None, population_size: int, *, seed: int = 0, generation: int = 0) -> Tensor:
+def gather_scores(
+    local: Tensor | None, population_size: int, *, seed: int = 0, generation: int = 0
+) -> Tensor:
     """All-gather every rank's scores into the (N,) population vector (float64, CPU).
 
     ``local=None`` means this rank failed: the others raise :class:`RemoteFitnessError`, this one

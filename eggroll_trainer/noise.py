@@ -13,8 +13,10 @@ view — ``(P, m, r)`` without a copy — which is what lets the batched forward
 without ever drawing or materialising noise. The update, ``get_best_model()``, a resumed run and every
 distributed rank regenerate exactly the same numbers from the key.
 
-A low-rank slice of length ``(m + n) * r`` holds ``A`` (m×r) then ``B`` (n×r); a full-rank slice holds
-``ε`` in the parameter's shape.
+A low-rank slice of length ``(m + n) * r`` holds ``Aᵀ`` (r×m) then ``Bᵀ`` (r×n), each row-major — so every
+factor column is a contiguous run of the table, which is the layout the batched ``bmm`` and the update GEMM
+read fastest (and for r = 1 it is simply ``A`` then ``B``); a full-rank slice holds ``ε`` in the parameter's
+shape.
 """
 
 from __future__ import annotations
@@ -139,13 +141,17 @@ class ParamNoise:
         )
 
     def factors(self, first: int = 0, count: int = 1) -> tuple[Tensor, Tensor]:
-        """Low-rank factors of pairs ``first .. first+count-1``: A (count, m, r), B (count, n, r) — views."""
+        """Low-rank factors of pairs ``first .. first+count-1``: A (count, m, r), B (count, n, r) — views
+        (column-major: ``a.transpose(1, 2)`` and ``b.transpose(1, 2)`` have contiguous rows)."""
+        a_t, b_t = self.factors_t(first, count)
+        return a_t.transpose(1, 2), b_t.transpose(1, 2)
+
+    def factors_t(self, first: int = 0, count: int = 1) -> tuple[Tensor, Tensor]:
+        """The transposed factors as stored: Aᵀ (count, r, m), Bᵀ (count, r, n) — views."""
         m, n = self.spec.shape
         r = self.spec.rank
         assert r is not None
-        a = self._window(first, count, 0, (m, r))
-        b = self._window(first, count, m * r, (n, r))
-        return a, b
+        return self._window(first, count, 0, (r, m)), self._window(first, count, m * r, (r, n))
 
     def full(self, first: int = 0, count: int = 1) -> Tensor:
         """Full-rank noise of pairs ``first .. first+count-1``: (count, *shape) — a view."""
@@ -181,11 +187,21 @@ class ParamNoise:
             count = min(chunk, total - first)
             w = weights[first : first + count]
             if self.spec.low_rank:
-                a, b = self.factors(first, count)  # (c, m, r), (c, n, r)
-                part = torch.tensordot(a * w.view(-1, 1, 1), b, dims=([0, 2], [0, 2]))  # (m, n)
-                part.div_(math.sqrt(self.spec.rank))
+                m, n = self.spec.shape
+                a_t, b_t = self.factors_t(first, count)  # (c, r, m), (c, r, n)
+                # [w_1 A_1 … w_c A_c] [B_1 … B_c]ᵀ: weight the smaller factor; for r = 1 both stacks are
+                # strided (c, ·) matrices of the table and only the weighted one is copied.
+                if m <= n:
+                    lhs, rhs = (a_t * w.view(-1, 1, 1)).reshape(-1, m), b_t.reshape(-1, n)
+                else:
+                    lhs, rhs = a_t.reshape(-1, m), (b_t * w.view(-1, 1, 1)).reshape(-1, n)
+                alpha = 1.0 / math.sqrt(self.spec.rank)
+                if out is None:
+                    out = torch.mm(lhs.T, rhs).mul_(alpha) if alpha != 1.0 else torch.mm(lhs.T, rhs)
+                else:
+                    out.addmm_(lhs.T, rhs, alpha=alpha)
             else:
                 part = torch.tensordot(w, self.full(first, count), dims=1)  # (*shape)
-            out = part if out is None else out.add_(part)
+                out = part if out is None else out.add_(part)
         assert out is not None
         return out

@@ -8,6 +8,7 @@ single-process runs of the same scenarios here. Every spawn is bounded by a time
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -23,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # conftest, when run as a script
 from conftest import make_data, make_model, params_of  # noqa: E402
 
 from eggroll_trainer import EGGROLLTrainer, VanillaESTrainer, current_population  # noqa: E402
-from eggroll_trainer.distributed import RankMismatchError, RemoteFitnessError  # noqa: E402
+from eggroll_trainer.distributed import RankMismatchError, RemoteFitnessError, all_sum, any_rank  # noqa: E402
 
 WORLD = 2
 GENERATIONS = 3
@@ -33,7 +34,9 @@ SPAWN_TIMEOUT = 120  # seconds; a hang fails the test instead of blocking the su
 CASES = {
     "sequential": dict(cls=EGGROLLTrainer, population_size=6, rank=2, optimizer="adam"),
     "batched": dict(cls=EGGROLLTrainer, population_size=6, rank=2, batched=True, momentum=0.9, norm=True),
-    "batched_chunks": dict(cls=VanillaESTrainer, population_size=8, batched=True, antithetic=False, chunk_size=3),
+    "batched_chunks": dict(
+        cls=VanillaESTrainer, population_size=8, batched=True, antithetic=False, chunk_size=3
+    ),
 }
 
 
@@ -117,6 +120,8 @@ def worker(scenario: str, out: Path) -> None:
         results[case] = run(case, GENERATIONS)
     _, trainer, _ = build("sequential", seed=None)
     results["random_seed"] = trainer.seed
+    results["any_rank"] = (any_rank(rank == 1), any_rank(False))
+    results["all_sum"] = all_sum(torch.tensor([1.0, rank], dtype=torch.float64)).tolist()
     # checkpoint written by one process, resumed here on two; and the reverse (rank 0 saves)
     results["resumed"] = run("sequential", GENERATIONS - 1, torch.load(out / "checkpoint_1proc.pt"))
     ckpt = checkpoint_after("batched", 1)
@@ -136,7 +141,9 @@ def worker(scenario: str, out: Path) -> None:
     results["recovered_params"] = params_of(model)
     # population not divisible by the world size
     model = make_model()
-    trainer = EGGROLLTrainer(model.parameters(), model=model, fitness_fn=Fitness(False), population_size=5, seed=0)
+    trainer = EGGROLLTrainer(
+        model.parameters(), model=model, fitness_fn=Fitness(False), population_size=5, seed=0
+    )
     results["indivisible"] = outcome(trainer.step)
     # a checkpoint loaded on rank 1 only: the ranks disagree on seed and generation
     model, trainer, _ = build("sequential", seed=1)
@@ -239,7 +246,10 @@ def test_ranks_agree_exactly(ranks, case):
     _, (zero, one) = ranks
     assert identical(zero[case]["params"], one[case]["params"])
     assert identical(zero[case]["best_model"], one[case]["best_model"])
-    assert zero[case]["history"] == one[case]["history"] and zero[case]["best_fitness"] == one[case]["best_fitness"]
+    assert (
+        zero[case]["history"] == one[case]["history"]
+        and zero[case]["best_fitness"] == one[case]["best_fitness"]
+    )
     assert zero[case]["state"]["es"]["seed"] == one[case]["state"]["es"]["seed"]
     moments = [zero[case]["state"]["state"], one[case]["state"]["state"]]
     for key, value in moments[0].items():
@@ -269,6 +279,12 @@ def test_random_seed_is_shared(ranks):
     assert zero["random_seed"] == one["random_seed"]
 
 
+def test_any_rank_and_all_sum_are_collective(ranks):
+    _, results = ranks
+    assert [r["any_rank"] for r in results] == [(True, False)] * WORLD
+    assert [r["all_sum"] for r in results] == [[2.0, 1.0]] * WORLD
+
+
 def test_resume_across_world_sizes(ranks):
     out, results = ranks
     single = run("sequential", GENERATIONS)
@@ -285,7 +301,7 @@ def test_resume_across_world_sizes(ranks):
 def test_a_failing_rank_fails_every_rank(ranks):
     _, (zero, one) = ranks
     assert one["failure"] == "ValueError: fitness exploded on purpose"
-    assert zero["failure"].startswith("RemoteFitnessError") and "rank(s) [1]" in zero["failure"]
+    assert zero["failure"].startswith(RemoteFitnessError.__name__) and "rank(s) [1]" in zero["failure"]
     assert zero["unchanged"] and one["unchanged"]  # no update anywhere; θ restored on the failing rank
     assert zero["recovered"] == one["recovered"] == "ok"  # the group is still usable, the ranks still agree
     assert identical(zero["recovered_params"], one["recovered_params"])
@@ -294,7 +310,9 @@ def test_a_failing_rank_fails_every_rank(ranks):
 def test_indivisible_population_raises(ranks):
     _, results = ranks
     for result in results:
-        assert result["indivisible"].startswith("ValueError: population_size=5 must be divisible by the world size 2")
+        assert result["indivisible"].startswith(
+            "ValueError: population_size=5 must be divisible by the world size 2"
+        )
 
 
 def test_ranks_running_different_runs_raise(ranks):
@@ -318,6 +336,23 @@ def test_a_hung_rank_fails_the_others_after_the_timeout(tmp_path):
     assert zero["error"] != "ok" and 3.5 < zero["seconds"] < 30, zero
     if sys.version_info >= (3, 11):
         assert "init_process_group(timeout=...)" in zero["error"]
+
+
+def test_torchrun_example_matches_one_process():
+    """examples/distributed_regression.py under torchrun (the trainer initialises torch.distributed from
+    torchrun's environment) ends with the parameters of the one-process run."""
+    script = Path(__file__).resolve().parent.parent / "examples" / "distributed_regression.py"
+    flags = ["--generations", "3", "--population", "16", "--rows", "32", "--hidden", "8"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}"]
+    outputs = []
+    for launch in ([sys.executable], torchrun):
+        done = subprocess.run([*launch, str(script), *flags], capture_output=True, text=True,
+                              timeout=SPAWN_TIMEOUT, env=dict(os.environ, OMP_NUM_THREADS="1"))  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        outputs.append(done.stdout)
+    assert f"{WORLD} process(es), {16 // WORLD} members each" in outputs[1]
+    checksums = [re.search(r"parameter checksum (\S+)", out).group(1) for out in outputs]
+    assert checksums[0] == checksums[1], outputs
 
 
 if __name__ == "__main__":

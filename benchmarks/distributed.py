@@ -1,0 +1,116 @@
+"""Generations per second of an example on one process vs two (torchrun), on this machine.
+
+Runs each configuration ``--repeats`` times, interleaved, and prints a Markdown table of the medians:
+
+* 1 process, 1 thread;
+* 1 process, 2 threads (the same cores as two processes, used by intra-op parallelism instead);
+* 2 processes under ``torchrun --nproc_per_node=2``, 1 thread each (the population sharded).
+
+Examples:
+    python benchmarks/distributed.py                                   # examples/distributed_regression.py
+    python benchmarks/distributed.py --example mujoco --env-id HalfCheetah-v5 --time-budget 60
+
+The regression example reports generations/s on its last line; the MuJoCo example's rate is read from
+its ``metrics.csv`` (last ``generation`` / last ``wall_time_s``). The machine load average is printed
+with the table: on a shared machine the figures move with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = [  # (label, processes, threads per process)
+    ("1 process × 1 thread", 1, 1),
+    ("1 process × 2 threads", 1, 2),
+    ("2 processes × 1 thread (torchrun)", 2, 1),
+]
+
+
+def command(processes: int, script: Path, args: list[str]) -> list[str]:
+    if processes == 1:
+        return [sys.executable, str(script), *args]
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+    return [torchrun, "--standalone", f"--nproc_per_node={processes}", str(script), *args]
+
+
+def run_regression(processes: int, threads: int, extra: list[str]) -> float:
+    script = ROOT / "examples" / "distributed_regression.py"
+    out = run(command(processes, script, ["--threads", str(threads), *extra]), threads)
+    match = re.search(r"= ([0-9.]+) generations/s", out)
+    if not match:
+        raise RuntimeError(f"no generations/s in the output:\n{out}")
+    return float(match.group(1))
+
+
+def run_mujoco(processes: int, threads: int, env_id: str, budget: float, extra: list[str]) -> float:
+    script = ROOT / "examples" / "mujoco_agent.py"
+    with tempfile.TemporaryDirectory() as tmp:
+        args = ["--env-id", env_id, "--time-budget", str(budget), "--output-dir", tmp, *extra]
+        run(command(processes, script, args), threads)
+        rows = list(csv.DictReader(open(Path(tmp) / "metrics.csv")))
+    return int(rows[-1]["generation"]) / float(rows[-1]["wall_time_s"])
+
+
+def run(cmd: list[str], threads: int) -> str:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
+    return done.stdout
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--example", choices=["regression", "mujoco"], default="regression")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--env-id", default="HalfCheetah-v5", help="mujoco: the environment")
+    parser.add_argument("--time-budget", type=float, default=60.0, help="mujoco: seconds per run")
+    parser.add_argument("extra", nargs="*", help="further flags for the example (after --)")
+    args = parser.parse_args()
+
+    rates: dict[str, list[float]] = {label: [] for label, _, _ in CONFIGS}
+    load_before = os.getloadavg()
+    started = time.time()
+    for repeat in range(args.repeats):
+        for label, processes, threads in CONFIGS:
+            if args.example == "regression":
+                rate = run_regression(processes, threads, args.extra)
+            else:
+                rate = run_mujoco(processes, threads, args.env_id, args.time_budget, args.extra)
+            rates[label].append(rate)
+            print(f"repeat {repeat + 1}: {label}: {rate:.2f} generations/s", file=sys.stderr)
+    load_after = os.getloadavg()
+
+    base = statistics.median(rates[CONFIGS[0][0]])
+    what = "examples/distributed_regression.py" if args.example == "regression" else (
+        f"examples/mujoco_agent.py --env-id {args.env_id} --time-budget {args.time_budget:g}"
+    )  # fmt: skip
+    print(f"{what} {' '.join(args.extra)}".strip())
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, {args.repeats} repeats (median), "
+          f"load average {load_before[0]:.1f} before / {load_after[0]:.1f} after, "
+          f"{time.time() - started:.0f} s in all\n")  # fmt: skip
+    print("| configuration | generations/s | vs 1 process × 1 thread | runs |")
+    print("|---|---:|---:|---|")
+    for label, _, _ in CONFIGS:
+        median = statistics.median(rates[label])
+        runs = ", ".join(f"{r:.2f}" for r in rates[label])
+        print(f"| {label} | {median:.2f} | {median / base:.2f}× | {runs} |")
+
+
+if __name__ == "__main__":
+    main()
