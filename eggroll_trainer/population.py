@@ -88,6 +88,59 @@ class Perturbed:
     sigma: float
 
 
+@dataclass
+class _LinearNoise:
+    """One fast ``nn.Linear``'s noise for the members of a population-mode call (see ``_plan_linear``)."""
+
+    groups: int  # G
+    mirrors: int  # S ∈ {1, 2}
+    a_t: Tensor | None = None  # (G, r, m) Aᵀ (sign folded in when S = 1)
+    b_t: Tensor | None = None  # (G, r, n) Bᵀ
+    eps: Tensor | None = None  # (G, m, n) full-rank weight noise
+    signs: Tensor | None = None  # (G,) signs for ``eps`` when S = 1 (None: all +1)
+    alpha: float = 0.0  # σ/√r (low rank) or σ (full rank)
+    beta: Tensor | None = None  # (G, S, 1, m) σ_b s_i β_k
+
+
+def _add_low_rank(y: Tensor, x: Tensor, plan: _LinearNoise, rows: int) -> None:
+    """y (G, S, rows, m) += α s_i (x_i B_k) A_kᵀ for every member, in place; O(rows·r·(m + n)) each."""
+    a_t, b_t = plan.a_t, plan.b_t
+    assert a_t is not None and b_t is not None
+    g, s, m, n = plan.groups, plan.mirrors, y.shape[-1], x.shape[-1]
+    r = a_t.shape[1]
+    if x.stride(0) == 0:  # shared input (x.expand(N, ...)): one GEMM for all groups, no copy of x
+        x0 = x[0].reshape(rows, n)
+        xb = (x0 @ b_t.reshape(g * r, n).T).view(rows, g, r).transpose(0, 1)  # (G, rows, r)
+        for t in range(s):  # both mirrors see the same x: the second takes -α
+            _outer_add(y[:, t], xb, a_t, -plan.alpha if t else plan.alpha, r)
+        return
+    xb = torch.bmm(x.reshape(g, s * rows, n), b_t.transpose(1, 2))  # (G, S·rows, r)
+    if s == 2:
+        xb.view(g, 2, rows * r)[:, 1].neg_()  # mirror members take -E
+    _outer_add(y.view(g, s * rows, m), xb, a_t, plan.alpha, r)
+
+
+def _outer_add(y: Tensor, xb: Tensor, a_t: Tensor, alpha: float, r: int) -> None:
+    """y (G, rows, m) += α · xb (G, rows, r) @ a_t (G, r, m); for r = 1 an elementwise outer product,
+    which CPU runs faster than a batch of rank-1 GEMMs."""
+    if r == 1:
+        y.addcmul_(xb, a_t, value=alpha)
+    else:
+        y.baddbmm_(xb, a_t, alpha=alpha)
+
+
+def _add_full_rank(y: Tensor, x: Tensor, plan: _LinearNoise) -> None:
+    """y (G, S, rows, m) += σ s_i x_i ε_kᵀ (x: (G, S, rows, n)); O(m·n) per member."""
+    assert plan.eps is not None
+    eps_t = plan.eps.transpose(1, 2)  # (G, n, m) — a view, never a copy
+    if plan.mirrors == 2:
+        y[:, 0].baddbmm_(x[:, 0], eps_t, alpha=plan.alpha)
+        y[:, 1].baddbmm_(x[:, 1], eps_t, alpha=-plan.alpha)
+        return
+    xs = x[:, 0] if plan.signs is None else x[:, 0] * plan.signs.to(x.dtype).view(-1, 1, 1)
+    y[:, 0].baddbmm_(xs, eps_t, alpha=plan.alpha)
+
+
 def _is_fast_linear(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear) and type(module).forward is nn.Linear.forward
 
@@ -155,6 +208,7 @@ class population_mode:
         # Both mirrors of every pair in this slice, in order: one bmm per pair serves both.
         self.paired = antithetic and start % 2 == 0 and count % 2 == 0
         self.calls: dict[int, int] = {}
+        self._plans: dict[int, _LinearNoise] = {}
         self._handles: list[Any] = []
         self._overridden: list[nn.Module] = []
         self._announce = _announce(self.info)
@@ -214,62 +268,53 @@ class population_mode:
         x = args[0]
         self._check_leading(module, x)
         self.calls[id(module)] = self.calls.get(id(module), 0) + 1
-        weight = self.perturbed.get(id(module.weight))
-        bias = self.perturbed.get(id(module.bias)) if module.bias is not None else None
-        k, m = self.info.size, module.out_features
-        rows = out.numel() // (k * m)
-        if self.paired:
-            y = self._paired_linear(x, out, weight, bias, rows)
-        else:
-            y = self._general_linear(x, out, weight, bias, rows)
+        plan = self._plans.get(id(module))
+        if plan is None:  # once per context: RL calls the same layer every environment step
+            plan = self._plans[id(module)] = self._plan_linear(module)
+        g, s = plan.groups, plan.mirrors
+        m, n = module.out_features, module.in_features
+        rows = out.numel() // (g * s * m)
+        y = out.reshape(g, s, rows, m)  # member (group j, mirror t) = member j·s + t
+        if plan.a_t is not None:
+            _add_low_rank(y, x, plan, rows)
+        elif plan.eps is not None:
+            _add_full_rank(y, x.reshape(g, s, rows, n), plan)
+        if plan.beta is not None:
+            y.add_(plan.beta)  # (G, S, 1, m): σ_b s_i β_k
         return y.view(out.shape)
 
-    def _paired_linear(
-        self, x: Tensor, out: Tensor, weight: Perturbed | None, bias: Perturbed | None, rows: int
-    ) -> Tensor:
-        p, first = self.info.size // 2, self.info.start // 2
-        m, n = out.shape[-1], x.shape[-1]
-        y = out.reshape(p, 2 * rows, m)  # (P, 2·rows, m): both mirrors of pair k in one block
-        if weight is not None and weight.noise.spec.low_rank:
-            a, b = weight.noise.factors(first, p)  # (P, m, r), (P, n, r) — views of the table
-            xb = torch.bmm(x.reshape(p, 2 * rows, n), b)  # (P, 2·rows, r)
-            xb.view(p, 2, rows, -1)[:, 1].neg_()  # mirror members take -E
-            alpha = weight.sigma / math.sqrt(weight.noise.spec.rank)
-            y.baddbmm_(xb, a.transpose(1, 2), alpha=alpha)
-        elif weight is not None:  # full-rank weight noise (VanillaESTrainer): y_i += σ s_i x_i ε_kᵀ
-            xs = x.reshape(p, 2, rows, n).clone()
-            xs[:, 1].neg_()
-            eps = weight.noise.full(first, p)  # (P, m, n) — a view, never a copy
-            y.baddbmm_(xs.view(p, 2 * rows, n), eps.transpose(1, 2), alpha=weight.sigma)
-        if bias is not None:
-            beta = bias.noise.full(first, p).unsqueeze(1)  # (P, 1, m)
-            y4 = y.view(p, 2, rows, m)
-            y4[:, 0].add_(beta, alpha=bias.sigma)
-            y4[:, 1].sub_(beta, alpha=bias.sigma)
-        return y
+    def _plan_linear(self, module: nn.Linear) -> _LinearNoise:
+        """This slice's noise for one Linear, as table views (or, for an irregular slice, cached copies).
 
-    def _general_linear(
-        self, x: Tensor, out: Tensor, weight: Perturbed | None, bias: Perturbed | None, rows: int
-    ) -> Tensor:
-        k = self.info.size
-        m, n = out.shape[-1], x.shape[-1]
-        pairs, signs = self.pairs, self.signs.to(out.dtype)
-        last = int(pairs.max()) + 1
-        y = out.reshape(k, rows, m)
+        Members are grouped G × S: S = 2 when the slice holds both mirrors of every pair (group = pair,
+        the hook applies the signs +1/-1), else S = 1 with each member's sign folded in here."""
+        weight = self.perturbed.get(id(module.weight))
+        bias = self.perturbed.get(id(module.bias)) if module.bias is not None else None
+        k, mirrored = self.info.size, self.paired
+        groups = k // 2 if mirrored else k
+        first, last = self.info.start // 2, int(self.pairs.max()) + 1
+        signs = None if mirrored or not self.antithetic else self.signs  # None: every sign is +1
+        plan = _LinearNoise(groups=groups, mirrors=2 if mirrored else 1)
         if weight is not None and weight.noise.spec.low_rank:
-            a, b = self._rows(weight.noise.factors(0, last))  # (K, m, r), (K, n, r)
-            xb = torch.bmm(x.reshape(k, rows, n), b) * signs.view(k, 1, 1)  # (K, rows, r)
-            alpha = weight.sigma / math.sqrt(weight.noise.spec.rank)
-            y.baddbmm_(xb, a.transpose(1, 2), alpha=alpha)
-        elif weight is not None:  # full-rank weight noise
-            (eps,) = self._rows((weight.noise.full(0, last),))  # (K, m, n)
-            xs = x.reshape(k, rows, n) * signs.view(k, 1, 1)
-            y.baddbmm_(xs, eps.transpose(1, 2), alpha=weight.sigma)
+            a_t, b_t = (
+                weight.noise.factors_t(first, groups) if mirrored else self._rows(weight.noise.factors_t(0, last))
+            )  # (G, r, m), (G, r, n)
+            plan.a_t = a_t if signs is None else a_t * signs.to(a_t.dtype).view(-1, 1, 1)
+            plan.b_t = b_t
+            plan.alpha = weight.sigma / math.sqrt(weight.noise.spec.rank)
+        elif weight is not None:  # full-rank weight noise (VanillaESTrainer)
+            plan.eps = weight.noise.full(first, groups) if mirrored else self._rows((weight.noise.full(0, last),))[0]
+            plan.signs = signs
+            plan.alpha = weight.sigma
         if bias is not None:
-            (beta,) = self._rows((bias.noise.full(0, last),))
-            beta = beta * signs.view(k, 1)  # (K, m)
-            y.add_(beta.unsqueeze(1), alpha=bias.sigma)
-        return y
+            beta = bias.noise.full(first, groups) if mirrored else self._rows((bias.noise.full(0, last),))[0]
+            beta = beta.unsqueeze(1) * bias.sigma  # (G, 1, m)
+            if mirrored:
+                beta = torch.cat((beta, -beta), 1)  # (P, 2, m)
+            elif signs is not None:
+                beta = beta * signs.to(beta.dtype).view(-1, 1, 1)
+            plan.beta = beta.unsqueeze(2)  # (G, S, 1, m)
+        return plan
 
     def _rows(self, views: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         """Each member's row of per-pair noise views: a view when pairs are consecutive (no antithetic

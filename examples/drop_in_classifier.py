@@ -152,7 +152,8 @@ def train_epoch_population(model: nn.Module, opt: torch.optim.Optimizer, loader:
         def closure():
             k = current_population().size  # members in this forward (all N unless chunk_size is set)
             logits = model(xb.expand(k, *xb.shape))  # noqa: B023  (K, B, 10)
-            losses = F.cross_entropy(logits.flatten(0, 1), yb.repeat(k), reduction="none")  # noqa: B023  (K·B,)
+            targets = yb.repeat(k)  # noqa: B023  (K·B,)
+            losses = F.cross_entropy(logits.flatten(0, 1), targets, reduction="none")  # (K·B,)
             return losses.view(k, -1).mean(dim=1)  # (K,) one loss per member
 
         opt.zero_grad()
@@ -307,12 +308,9 @@ def main() -> None:
 
     n, r = args.es_population, args.es_rank
     common = {"epochs": args.epochs, "noise_seeds": 1, "test_accuracy_range": "-"}
-    rows = [
-        {
-            **run("Adam", lambda m: torch.optim.Adam(m.parameters(), lr=args.adam_lr), train_epoch, args, data),
-            "loop": "unchanged", "population": 1, "rank": "-", **common,
-        }
-    ]  # fmt: skip
+    adam = lambda model: torch.optim.Adam(model.parameters(), lr=args.adam_lr)
+    res = run("Adam", adam, train_epoch, args, data)
+    rows = [{**res, "loop": "unchanged", "population": 1, "rank": "-", **common}]
     if args.sequential:
         res = run("EGGROLL", eggroll(args, n, r, batched=False, seed=args.seed), train_epoch, args, data)
         rows.append({**res, "loop": "unchanged", "population": n, "rank": r, **common})
@@ -347,7 +345,10 @@ def main() -> None:
     print(write_tables(rows, out))
     plot(rows, args, out / "drop_in_classifier.png")
     print(
-        f"wrote {out / 'results.csv'}, {out / 'results.md'}, {out / 'curves.csv'}, {out / 'drop_in_classifier.png'}"
+        "wrote",
+        ", ".join(
+            str(out / name) for name in "results.csv results.md curves.csv drop_in_classifier.png".split()
+        ),
     )
 
 

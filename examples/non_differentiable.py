@@ -156,17 +156,15 @@ def autograd_probe(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[s
         acc_msg = "backward() ran (unexpected)"
     except RuntimeError as err:
         acc_msg = f"RuntimeError: {err}"
-    print(
-        f"accuracy objective: requires_grad={acc.requires_grad}, grad_fn={acc.grad_fn}\n  acc.backward() -> {acc_msg}"
-    )
+    print(f"accuracy objective: requires_grad={acc.requires_grad}, grad_fn={acc.grad_fn}")
+    print(f"  acc.backward() -> {acc_msg}")
 
     model.zero_grad()
     loss = F.cross_entropy(model(x), y)  # a differentiable-looking surrogate through the same network
     loss.backward()
     norms = {name: float(p.grad.norm()) for name, p in model.named_parameters()}
-    print(
-        f"cross-entropy through round/sign: loss={float(loss.detach()):.4f}, grad_fn={type(loss.grad_fn).__name__}"
-    )
+    grad_fn = type(loss.grad_fn).__name__
+    print(f"cross-entropy through round/sign: loss={float(loss.detach()):.4f}, grad_fn={grad_fn}")
     for name, norm in norms.items():
         print(f"  ‖∂loss/∂{name}‖ = {norm}")
     model.zero_grad()
@@ -197,13 +195,12 @@ def plot(history: list[dict[str, float]], args: Args, path: Path) -> None:
     ax = axes[1]
     ax.plot(gens[1:], column("population_mean_fitness")[1:], label="population mean")
     ax.plot(gens[1:], column("population_best_fitness")[1:], label="population best")
-    ax.set(xlabel="generation", ylabel=f"minibatch accuracy ({args.batch_size} images)", title="Fitness")
+    ax.set(xlabel="generation", ylabel="minibatch accuracy", title="Fitness of the population")
     ax.legend(fontsize=8)
     for ax in axes:
         ax.grid(alpha=0.3)
-    fig.suptitle(
-        f"N={args.population}, r={args.rank}, σ={args.sigma}, lr={args.lr} ({args.optimizer}), seed {args.seed}"
-    )
+    es = f"N={args.population}, r={args.rank}, σ={args.sigma}, lr={args.lr} ({args.optimizer})"
+    fig.suptitle(f"{es}, fitness on {args.batch_size} images per generation, seed {args.seed}")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
@@ -294,7 +291,9 @@ def main() -> None:
         "EGGROLL test accuracy": f"{final['es_test_accuracy']:.3f}",
         "EGGROLL train accuracy": f"{final['es_train_accuracy']:.3f}",
         "EGGROLL training wall time [s]": f"{wall:.1f}",
-        "Adam on cross-entropy, test accuracy": f"{final['adam_test_accuracy']:.3f} (start {history[0]['adam_test_accuracy']:.3f})",
+        "Adam on cross-entropy, test accuracy": (
+            f"{final['adam_test_accuracy']:.3f} (start {history[0]['adam_test_accuracy']:.3f})"
+        ),
         "int8 export, integer-only test accuracy": f"{int_acc:.3f}",
         "integer predictions identical to training forward": str(identical),
         **probe,
@@ -308,7 +307,10 @@ def main() -> None:
     plot(history, args, out / "non_differentiable.png")
     print(table)
     print(
-        f"wrote {out / 'results.md'}, {out / 'history.csv'}, {out / 'model_int8.pt'}, {out / 'non_differentiable.png'}"
+        "wrote",
+        ", ".join(
+            str(out / name) for name in "results.md history.csv model_int8.pt non_differentiable.png".split()
+        ),
     )
 
 
