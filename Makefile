@@ -6,7 +6,7 @@ TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test docs demo lint bench clean
+.PHONY: setup test docs demo demo-figure lint bench clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,15 @@ test: $(STAMP)
 docs: $(STAMP)
 	$(BIN)/mkdocs build --strict --site-dir .site
 
+# The main example: HalfCheetah-v5 trained for 4 minutes; curve, metrics, policy and GIF in $(DEMO_DIR).
+DEMO_DIR ?= runs/demo
 demo: $(STAMP)
-	$(BIN)/python examples/quickstart.py
+	$(BIN)/python examples/mujoco_agent.py --env-id HalfCheetah-v5 --seed 0 --time-budget 240 --gif --output-dir $(DEMO_DIR)
+
+# Explicitly publish a run's curve and metrics to the docs (`make demo` never writes outside $(DEMO_DIR)).
+demo-figure:
+	cp $(DEMO_DIR)/learning_curve.png docs/assets/halfcheetah_learning_curve.png
+	cp $(DEMO_DIR)/metrics.csv docs/assets/halfcheetah_metrics.csv
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check .

@@ -1,10 +1,9 @@
 """Generations per second of an example on one process vs two (torchrun), on this machine.
 
-Runs each configuration ``--repeats`` times, interleaved, and prints a Markdown table of the medians:
-
-* 1 process, 1 thread;
-* 1 process, 2 threads (the same cores as two processes, used by intra-op parallelism instead);
-* 2 processes under ``torchrun --nproc_per_node=2``, 1 thread each (the population sharded).
+Runs each configuration ``--repeats`` times, interleaved, and prints a Markdown table of the medians
+(the configurations are ``CONFIGS`` below: for the regression example 1 process × 1 thread, 1 process × 2
+threads and 2 processes × 1 thread under ``torchrun``; for the MuJoCo example 1 or 2 processes, with and
+without its environment worker processes).
 
 Examples:
     python benchmarks/distributed.py                                   # examples/distributed_regression.py
@@ -32,11 +31,20 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIGS = [  # (label, processes, threads per process)
-    ("1 process × 1 thread", 1, 1),
-    ("1 process × 2 threads", 1, 2),
-    ("2 processes × 1 thread (torchrun)", 2, 1),
-]
+# (label, processes, threads per process, extra flags), per example
+CONFIGS = {
+    "regression": [
+        ("1 process × 1 thread", 1, 1, []),
+        ("1 process × 2 threads", 1, 2, []),
+        ("2 processes × 1 thread (torchrun)", 2, 1, []),
+    ],
+    "mujoco": [  # the example pins torch to 1 thread; --num-workers adds env-stepping processes
+        ("1 process, --num-workers 0", 1, 1, ["--num-workers", "0"]),
+        ("1 process + 1 env worker (default)", 1, 1, ["--num-workers", "1"]),
+        ("2 processes (torchrun), --num-workers 0", 2, 1, ["--num-workers", "0"]),
+        ("2 processes (torchrun) + 1 env worker each", 2, 1, ["--num-workers", "1"]),
+    ],
+}
 
 
 def command(processes: int, script: Path, args: list[str]) -> list[str]:
@@ -46,22 +54,30 @@ def command(processes: int, script: Path, args: list[str]) -> list[str]:
     return [torchrun, "--standalone", f"--nproc_per_node={processes}", str(script), *args]
 
 
-def run_regression(processes: int, threads: int, extra: list[str]) -> float:
+def run_regression(processes: int, threads: int, extra: list[str]) -> dict[str, float]:
     script = ROOT / "examples" / "distributed_regression.py"
     out = run(command(processes, script, ["--threads", str(threads), *extra]), threads)
     match = re.search(r"= ([0-9.]+) generations/s", out)
     if not match:
         raise RuntimeError(f"no generations/s in the output:\n{out}")
-    return float(match.group(1))
+    cpu = re.search(r"rank 0 used ([0-9.]+) ms of CPU per generation", out)
+    return {"generations/s": float(match.group(1)), "rank 0 CPU ms/generation": float(cpu.group(1))}
 
 
-def run_mujoco(processes: int, threads: int, env_id: str, budget: float, extra: list[str]) -> float:
+def run_mujoco(
+    processes: int, threads: int, env_id: str, budget: float, extra: list[str]
+) -> dict[str, float]:
     script = ROOT / "examples" / "mujoco_agent.py"
     with tempfile.TemporaryDirectory() as tmp:
         args = ["--env-id", env_id, "--time-budget", str(budget), "--output-dir", tmp, *extra]
         run(command(processes, script, args), threads)
         rows = list(csv.DictReader(open(Path(tmp) / "metrics.csv")))
-    return int(rows[-1]["generation"]) / float(rows[-1]["wall_time_s"])
+    last = rows[-1]
+    return {
+        "generations/s": int(last["generation"]) / float(last["wall_time_s"]),
+        "env steps/s": int(last["env_steps"]) / float(last["wall_time_s"]),
+        "last eval_return": float(last["eval_return"]),
+    }
 
 
 def run(cmd: list[str], threads: int) -> str:
@@ -83,20 +99,20 @@ def main() -> None:
     parser.add_argument("extra", nargs="*", help="further flags for the example (after --)")
     args = parser.parse_args()
 
-    rates: dict[str, list[float]] = {label: [] for label, _, _ in CONFIGS}
+    configs = CONFIGS[args.example]
+    results: dict[str, list[dict[str, float]]] = {label: [] for label, *_ in configs}
     load_before = os.getloadavg()
     started = time.time()
     for repeat in range(args.repeats):
-        for label, processes, threads in CONFIGS:
+        for label, processes, threads, flags in configs:
             if args.example == "regression":
-                rate = run_regression(processes, threads, args.extra)
+                result = run_regression(processes, threads, [*flags, *args.extra])
             else:
-                rate = run_mujoco(processes, threads, args.env_id, args.time_budget, args.extra)
-            rates[label].append(rate)
-            print(f"repeat {repeat + 1}: {label}: {rate:.2f} generations/s", file=sys.stderr)
+                result = run_mujoco(processes, threads, args.env_id, args.time_budget, [*flags, *args.extra])
+            results[label].append(result)
+            print(f"repeat {repeat + 1}: {label}: {result}", file=sys.stderr)
     load_after = os.getloadavg()
 
-    base = statistics.median(rates[CONFIGS[0][0]])
     what = "examples/distributed_regression.py" if args.example == "regression" else (
         f"examples/mujoco_agent.py --env-id {args.env_id} --time-budget {args.time_budget:g}"
     )  # fmt: skip
@@ -104,12 +120,15 @@ def main() -> None:
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, {args.repeats} repeats (median), "
           f"load average {load_before[0]:.1f} before / {load_after[0]:.1f} after, "
           f"{time.time() - started:.0f} s in all\n")  # fmt: skip
-    print("| configuration | generations/s | vs 1 process × 1 thread | runs |")
-    print("|---|---:|---:|---|")
-    for label, _, _ in CONFIGS:
-        median = statistics.median(rates[label])
-        runs = ", ".join(f"{r:.2f}" for r in rates[label])
-        print(f"| {label} | {median:.2f} | {median / base:.2f}× | {runs} |")
+    metrics = list(results[configs[0][0]][0])
+    base = statistics.median(r["generations/s"] for r in results[configs[0][0]])
+    print("| configuration | " + " | ".join(metrics) + " | vs first row | generations/s of each run |")
+    print("|---|" + "---:|" * (len(metrics) + 1) + "---|")
+    for label, *_ in configs:
+        medians = [statistics.median(r[m] for r in results[label]) for m in metrics]
+        runs = ", ".join(f"{r['generations/s']:.2f}" for r in results[label])
+        cells = " | ".join(f"{v:,.2f}" if v < 100 else f"{v:,.0f}" for v in medians)
+        print(f"| {label} | {cells} | {medians[0] / base:.2f}× | {runs} |")
 
 
 if __name__ == "__main__":

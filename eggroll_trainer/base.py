@@ -649,7 +649,7 @@ def _all_finite(t: Tensor) -> bool:
     if t.numel() == 0:
         return True
     lo, hi = torch.aminmax(t)
-    return bool(torch.isfinite(lo) & torch.isfinite(hi))
+    return math.isfinite(lo.item()) and math.isfinite(hi.item())
 
 
 def _split(flat: Tensor, params: list[Tensor]) -> list[Tensor]:

@@ -168,7 +168,7 @@ def gather_scores(
 
     ``local=None`` means this rank failed: the others raise :class:`RemoteFitnessError`, this one
     returns nothing useful (its caller re-raises its own error)."""
-    rank, size = world()
+    size = world()[1]
     if size == 1:
         if local is None:
             raise ValueError("gather_scores: no scores on a single process")

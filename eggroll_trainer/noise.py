@@ -118,10 +118,15 @@ class ParamNoise:
         self.spec = spec
         size = table.numel()
         length = spec.length
-        if pairs * length <= size:
+        # A parameter's windows span at most half the table, so its start (hashed over the other half or
+        # more) lands far from other parameters': were every span the whole table, all starts would be ~0
+        # and parameters with equal slice lengths would read the *same* values for every member — a
+        # biased estimate (benchmarks/noise_table.py). Overlap between one parameter's members is harmless.
+        half = size // 2
+        if pairs * length <= half:
             self.stride = length  # disjoint windows: independent noise within a generation
-        else:  # overlapping, shifted windows (OpenAI-ES style); see the noise-table benchmark
-            self.stride = max(1, (size - length) // max(pairs - 1, 1))
+        else:  # overlapping, shifted windows (OpenAI-ES style)
+            self.stride = max(1, (half - length) // max(pairs - 1, 1))
         span = (pairs - 1) * self.stride + length
         if span > size:
             raise ValueError(

@@ -23,6 +23,7 @@ smaller than the population when the trainer evaluates in chunks).
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 import warnings
@@ -99,7 +100,8 @@ class _LinearNoise:
     eps: Tensor | None = None  # (G, m, n) full-rank weight noise
     signs: Tensor | None = None  # (G,) signs for ``eps`` when S = 1 (None: all +1)
     alpha: float = 0.0  # σ/√r (low rank) or σ (full rank)
-    beta: Tensor | None = None  # (G, S, 1, m) σ_b s_i β_k
+    beta: Tensor | None = None  # (G, 1, 1, m) bias noise β_k (sign folded in when S = 1)
+    sigma_b: float = 0.0
 
 
 def _add_low_rank(y: Tensor, x: Tensor, plan: _LinearNoise, rows: int) -> None:
@@ -108,9 +110,10 @@ def _add_low_rank(y: Tensor, x: Tensor, plan: _LinearNoise, rows: int) -> None:
     assert a_t is not None and b_t is not None
     g, s, m, n = plan.groups, plan.mirrors, y.shape[-1], x.shape[-1]
     r = a_t.shape[1]
-    if x.stride(0) == 0:  # shared input (x.expand(N, ...)): one GEMM for all groups, no copy of x
-        x0 = x[0].reshape(rows, n)
-        xb = (x0 @ b_t.reshape(g * r, n).T).view(rows, g, r).transpose(0, 1)  # (G, rows, r)
+    if x.stride(0) == 0:  # shared input (x.expand(N, ...)): no copy of x, one x B per pair
+        # A batched product over a stride-0 batch (not one wide GEMM), so that a member's numbers do not
+        # depend on how the population is sliced into chunks or ranks.
+        xb = torch.bmm(x[0].reshape(rows, n).expand(g, rows, n), b_t.transpose(1, 2))  # (G, rows, r)
         for t in range(s):  # both mirrors see the same x: the second takes -α
             _outer_add(y[:, t], xb, a_t, -plan.alpha if t else plan.alpha, r)
         return
@@ -203,8 +206,7 @@ class population_mode:
             raise ValueError(
                 f"batched evaluation: {len(missing)} trained parameter(s) are not parameters of `model`"
             )
-        device = next(iter(perturbed.values())).noise.table.device if perturbed else torch.device("cpu")
-        self.pairs, self.signs = member_pairs(start, count, antithetic, device)
+        self._device = next(iter(perturbed.values())).noise.table.device if perturbed else torch.device("cpu")
         # Both mirrors of every pair in this slice, in order: one bmm per pair serves both.
         self.paired = antithetic and start % 2 == 0 and count % 2 == 0
         self.calls: dict[int, int] = {}
@@ -212,6 +214,11 @@ class population_mode:
         self._handles: list[Any] = []
         self._overridden: list[nn.Module] = []
         self._announce = _announce(self.info)
+
+    @functools.cached_property
+    def _members(self) -> tuple[Tensor, Tensor]:
+        """Pair index and sign of every member of the slice (the irregular and generic paths need them)."""
+        return member_pairs(self.info.start, self.info.size, self.antithetic, self._device)
 
     # ----------------------------------------------------------------------------------- context
     def __enter__(self) -> population_mode:
@@ -279,8 +286,10 @@ class population_mode:
             _add_low_rank(y, x, plan, rows)
         elif plan.eps is not None:
             _add_full_rank(y, x.reshape(g, s, rows, n), plan)
-        if plan.beta is not None:
-            y.add_(plan.beta)  # (G, S, 1, m): σ_b s_i β_k
+        if plan.beta is not None:  # (G, 1, 1, m): y_i += σ_b s_i β_k
+            y[:, 0].add_(plan.beta[:, 0], alpha=plan.sigma_b)
+            if s == 2:
+                y[:, 1].sub_(plan.beta[:, 0], alpha=plan.sigma_b)
         return y.view(out.shape)
 
     def _plan_linear(self, module: nn.Linear) -> _LinearNoise:
@@ -292,8 +301,9 @@ class population_mode:
         bias = self.perturbed.get(id(module.bias)) if module.bias is not None else None
         k, mirrored = self.info.size, self.paired
         groups = k // 2 if mirrored else k
-        first, last = self.info.start // 2, int(self.pairs.max()) + 1
-        signs = None if mirrored or not self.antithetic else self.signs  # None: every sign is +1
+        end = self.info.start + k  # one past the last member
+        first, last = self.info.start // 2, (end + 1) // 2 if self.antithetic else end  # pairs [first, last)
+        signs = None if mirrored or not self.antithetic else self._members[1]  # None: every sign is +1
         plan = _LinearNoise(groups=groups, mirrors=2 if mirrored else 1)
         if weight is not None and weight.noise.spec.low_rank:
             a_t, b_t = (
@@ -308,12 +318,10 @@ class population_mode:
             plan.alpha = weight.sigma
         if bias is not None:
             beta = bias.noise.full(first, groups) if mirrored else self._rows((bias.noise.full(0, last),))[0]
-            beta = beta.unsqueeze(1) * bias.sigma  # (G, 1, m)
-            if mirrored:
-                beta = torch.cat((beta, -beta), 1)  # (P, 2, m)
-            elif signs is not None:
-                beta = beta * signs.to(beta.dtype).view(-1, 1, 1)
-            plan.beta = beta.unsqueeze(2)  # (G, S, 1, m)
+            if signs is not None:
+                beta = beta * signs.to(beta.dtype).view(-1, 1)
+            plan.beta = beta.view(groups, 1, 1, -1)  # (G, 1, 1, m), a view for a regular slice
+            plan.sigma_b = bias.sigma
         return plan
 
     def _rows(self, views: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
@@ -322,7 +330,7 @@ class population_mode:
         if not self.antithetic:
             start, k = self.info.start, self.info.size
             return tuple(v[start : start + k] for v in views)
-        return tuple(v[self.pairs] for v in views)
+        return tuple(v[self._members[0]] for v in views)
 
     # --------------------------------------------------------------------------- generic path
     def _member_params(self, module: nn.Module) -> dict[str, Tensor]:
@@ -331,7 +339,7 @@ class population_mode:
         for name, param in module.named_parameters():
             entry = self.perturbed.get(id(param))
             if entry is not None:
-                noise = entry.noise.dense(self.pairs, self.signs)  # (K, *shape)
+                noise = entry.noise.dense(*self._members)  # (K, *shape)
                 stacked[name] = torch.add(param.unsqueeze(0), noise, alpha=entry.sigma)
         return stacked
 

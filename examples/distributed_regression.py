@@ -95,7 +95,7 @@ def main() -> None:
     log(f"{size} process(es), {args.population // size} members each, {args.threads} thread(s) per process")
     log(f"start: mse = {-trainer.evaluate_fitness(model):.4f}")
 
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     while trainer.generation < args.generations:
         # every rank must take the same decision, or one would wait in a generation the others skip
         if args.time_budget and any_rank(time.perf_counter() - start > args.time_budget):
@@ -103,10 +103,12 @@ def main() -> None:
         metrics = trainer.step()
         if trainer.generation % 20 == 0:
             log(f"generation {trainer.generation}: mean member mse = {-metrics['mean_fitness']:.4f}")
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
 
     checksum = float(trainer.current_params.double().abs().sum())
     log(f"end: mse = {-trainer.evaluate_fitness(model):.4f}")
+    # CPU time of this process alone: what a generation costs it whatever else the machine is running
+    log(f"rank 0 used {1000 * cpu / max(trainer.generation, 1):.1f} ms of CPU per generation")
     log(f"{trainer.generation} generations in {seconds:.2f} s = {trainer.generation / seconds:.2f} generations/s, "
         f"parameter checksum {checksum:.10f}")  # fmt: skip
 

@@ -23,6 +23,8 @@ Outputs in ``--output-dir``: ``metrics.csv`` (one row per generation), ``learnin
     action = policy(torch.as_tensor(obs, dtype=torch.float32))
 
 Run: python examples/mujoco_agent.py --env-id HalfCheetah-v5 --time-budget 600
+Two processes sharing the population (each steps N/2 members; docs/guide/distributed.md):
+     torchrun --standalone --nproc_per_node=2 examples/mujoco_agent.py --num-workers 0 --time-budget 600
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import csv
 import dataclasses
 import functools
 import json
+import math
 import multiprocessing as mp
 import os
 import signal
@@ -55,7 +58,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from eggroll_trainer import EGGROLLTrainer
+from eggroll_trainer import EGGROLLTrainer, current_population
+from eggroll_trainer.distributed import all_sum, any_rank, init_from_torchrun, world
 
 # Every MuJoCo v5 model compiles with a deprecated 'settotalmass' attribute, and MuJoCo prints a warning
 # for each of the N environments; the warning is about gymnasium's XML, not about this run.
@@ -71,32 +75,39 @@ class Args:
     env_id: str = arg("HalfCheetah-v5", "gymnasium MuJoCo task ('Ant' is short for 'Ant-v5')")
     seed: int = arg(0, "seed of the ES noise and of the episodes' start states")
     time_budget: float = arg(None, "stop after this many seconds of training (wall time)", float)
-    total_env_steps: int = arg(None, "stop after this many environment steps (default: the preset's)", int)
+    total_env_steps: int = arg(
+        None, "stop after this many env steps (default: the preset's, without --time-budget)", int
+    )
     output_dir: str = arg(None, "where outputs go (default: runs/{env}__mujoco_agent__{seed}__{time})", str)
     gif: bool = arg(False, "render the trained policy to policy.gif (offscreen: MUJOCO_GL=egl or osmesa)")
     gif_steps: int = arg(300, "environment steps shown in the GIF")
     # Hyperparameters: unset ones come from the task's preset (PRESETS below).
-    population_size: int = arg(None, "members N per generation (antithetic pairs: N/2)", int)
-    sigma: float = arg(None, "noise scale σ", float)
-    lr: float = arg(None, "learning rate of Adam on the ES estimate", float)
-    rank: int = arg(None, "rank r of each member's weight perturbation A Bᵀ/√r", int)
-    alive_bonus: float = arg(None, "subtracted from the training fitness per step alive (logged returns keep it)", float)
+    population_size: int = arg(None, "members N per generation, N/2 antithetic pairs (default: preset)", int)
+    sigma: float = arg(None, "noise scale σ (default: preset)", float)
+    lr: float = arg(None, "learning rate of Adam on the ES estimate (default: preset)", float)
+    rank: int = arg(None, "rank r of each member's weight perturbation A Bᵀ/√r (default: preset)", int)
+    alive_bonus: float = arg(
+        None, "subtracted from the training fitness per step alive (default: preset)", float
+    )
     max_episode_steps: int = arg(None, "episode length limit (default: the task's, 1000 for most)", int)
     obs_clip: float = arg(10.0, "normalised observations are clipped to ±obs_clip")
     num_workers: int = arg(1, "worker processes stepping environments beside the main process (0: none)")
     eval_episodes: int = arg(5, "episodes of the final evaluation of the saved policy")
-    calibration_s: float = arg(2.0, "seconds of bare single-env stepping measured at start and end (throughput reference)")
+    calibration_s: float = arg(2.0, "seconds of bare single-env stepping timed at start and end (reference)")
 
 
 def parse_args() -> Args:
     """Every field of ``Args`` becomes a flag: ``--env-id Ant-v5``, ``--gif``."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     for f in dataclasses.fields(Args):
         flag, kind, help = "--" + f.name.replace("_", "-"), f.metadata["kind"], f.metadata["help"]
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help)
         else:
-            parser.add_argument(flag, type=kind, default=f.default, help=f"{help} (default: {f.default})")
+            shown = help if f.default is None else f"{help} (default: {f.default})"
+            parser.add_argument(flag, type=kind, default=f.default, help=shown)
     args = Args(**vars(parser.parse_args()))
     if "-v" not in args.env_id:
         args.env_id += "-v5"
@@ -123,7 +134,8 @@ PRESETS = {
     "Ant": Preset(alive_bonus=1.0, env_kwargs={"include_cfrc_ext_in_observation": False}),
     # Humanoid's healthy_reward is 5 per step: subtracting all of it makes falling at once the best policy.
     "Humanoid": Preset(alive_bonus=0.0),
-    "Swimmer": Preset(sigma=0.1, lr=0.05, total_env_steps=10_000_000),  # flat fitness landscape: explore wider
+    # Swimmer's fitness landscape is flat near θ = 0: explore wider.
+    "Swimmer": Preset(sigma=0.1, lr=0.05, total_env_steps=10_000_000),
     "InvertedPendulum": Preset(total_env_steps=1_000_000),  # its reward is the alive bonus: never subtract it
 }
 
@@ -147,14 +159,17 @@ class LockstepEnvs:
     them alone, so on Hopper/Walker2d/Ant they would keep simulating members whose episode is over.
 
     Load balancing: lockstep stepping across processes is only as fast as the slowest process, and on a
-    shared machine a worker often waits for a core (measured: 16 k steps/s split 16/17 vs 25 k in one
-    process while other jobs ran). So every process holds all ``n`` environments, and at each reset the
-    envs are dealt out in proportion to each process's measured speed (seconds per env step, a worker's
-    round trip included) — down to none for a worker that does not pay for its messages, in which case it
-    gets an equal share again every ``probe_every`` resets to be measured anew.
+    shared machine a process often waits for a core. Measured here: split 16/17 over two processes, 31 k
+    steps/s against 24 k in one process on an idle machine, but 16 k against 25 k while other jobs ran.
+    So every process holds all ``n`` environments, and at each reset (an episode never moves) the stepper
+    takes whichever of "this process alone" and "split" gave more env steps per second lately, trying the
+    other again every ``probe_every`` resets; a split deals the envs out in proportion to each process's
+    measured speed (seconds per env step, a worker's round trip included).
     """
 
-    def __init__(self, make_env: Callable[[], gym.Env], n: int, num_workers: int = 1, probe_every: int = 10) -> None:
+    def __init__(
+        self, make_env: Callable[[], gym.Env], n: int, num_workers: int = 1, probe_every: int = 10
+    ) -> None:
         self.local = [make_env() for _ in range(n)]
         space = self.local[0].observation_space
         self.n, self.obs_dim, self.action_space = n, space.shape[0], self.local[0].action_space
@@ -171,9 +186,9 @@ class LockstepEnvs:
             proc.start()
             self.conns.append(parent)
             self.procs.append(proc)
-        self.probe_every, self._resets = probe_every, 0
-        self.shares = np.full(num_workers + 1, n // (num_workers + 1))  # envs per process; main first
-        self.shares[0] += n - self.shares.sum()
+        self.probe_every, self._resets, self._since = probe_every, 0, time.perf_counter()
+        self.shares = self._split(np.ones(num_workers + 1))  # envs per process, this one first
+        self._rate = np.full(2, np.nan)  # env steps per second between resets: alone, split
         self._cost = np.full(num_workers + 1, np.nan)  # seconds per env step, per process
         self._time, self._steps = np.zeros(num_workers + 1), np.zeros(num_workers + 1)
 
@@ -195,7 +210,9 @@ class LockstepEnvs:
             busy = [w for w in busy if not self.done[bounds[w] : bounds[w + 1]].all()]
         for w in busy:
             self.conns[w].send((cmd, arg, int(bounds[w]), int(bounds[w + 1])))
-        self._steps[0] += _serve(self.local, 0, bounds[0], (self.obs, self.act, self.rew, self.done), cmd, arg)
+        self._steps[0] += _serve(
+            self.local, 0, bounds[0], (self.obs, self.act, self.rew, self.done), cmd, arg
+        )
         self._time[0] += time.perf_counter() - start
         for w in busy:
             reply = self.conns[w].recv()
@@ -206,20 +223,34 @@ class LockstepEnvs:
             self._steps[w + 1] += stepped
 
     def _rebalance(self) -> None:
-        measured = self._steps > 0
-        cost = self._time[measured] / self._steps[measured]
-        old = self._cost[measured]
-        self._cost[measured] = np.where(np.isnan(old), cost, (old + cost) / 2)  # smoothed: one episode is noisy
+        """Measure the episode that ended, then deal the envs out for the next one."""
+        now, steps = time.perf_counter(), self._steps.sum()
+        split = int(self.shares[0] < self.n)
+        if steps:  # smoothed over two episodes: one episode's timing is noisy on a shared machine
+            self._rate[split] = _smooth(self._rate[split], steps / (now - self._since))
+            if split:
+                measured = self._steps > 0
+                self._cost[measured] = _smooth(
+                    self._cost[measured], self._time[measured] / self._steps[measured]
+                )
+        self._since, self._resets = now, self._resets + 1
         self._time[:], self._steps[:] = 0, 0
-        self._resets += 1
-        if np.isnan(self._cost).any() or len(self.conns) == 0:
-            return  # not every process measured yet: keep the split
-        speed = 1 / self._cost
-        shares = np.floor(self.n * speed / speed.sum()).astype(int)
-        if self._resets % self.probe_every == 0:  # a worker left idle is measured again
-            shares[1:] = np.where(shares[1:] == 0, self.n // len(self.shares), shares[1:])
+        if not self.conns:
+            return
+        if np.isnan(self._rate).any():
+            split = int(np.isnan(self._rate[1]))  # try both: split first, then alone
+        else:
+            split = int(self._rate[1] >= self._rate[0]) ^ (self._resets % self.probe_every == 0)
+        if not split:
+            self.shares = np.zeros_like(self.shares)
+            self.shares[0] = self.n
+        else:
+            self.shares = self._split(np.where(np.isnan(self._cost), 1.0, 1 / self._cost))
+
+    def _split(self, speed: np.ndarray) -> np.ndarray:
+        shares = np.floor(self.n * speed / speed.sum()).astype(int)  # (processes,)
         shares[0] = self.n - shares[1:].sum()
-        self.shares = shares
+        return shares
 
     def close(self) -> None:
         for conn in self.conns:
@@ -230,9 +261,13 @@ class LockstepEnvs:
             env.close()
 
 
+def _smooth(old: np.ndarray, new: np.ndarray) -> np.ndarray:
+    return np.where(np.isnan(old), new, (old + new) / 2)
+
+
 def _views(shared: list[Any], n: int) -> tuple[np.ndarray, ...]:
-    obs, act, rew, done = (np.frombuffer(s, dtype=np.float64 if i < 3 else np.uint8) for i, s in enumerate(shared))
-    return obs.reshape(n, -1), act.reshape(n, -1), rew, done
+    obs, act, rew = (np.frombuffer(s, dtype=np.float64) for s in shared[:3])
+    return obs.reshape(n, -1), act.reshape(n, -1), rew, np.frombuffer(shared[3], dtype=np.uint8)
 
 
 def _serve(envs: list[gym.Env], lo: int, hi: int, views: tuple[np.ndarray, ...], cmd: str, arg: Any) -> int:
@@ -301,8 +336,24 @@ def rollout(
         count += int(live.sum())
         envs.act[:] = act(envs.obs)
         envs.step()
-        returns += envs.rew
+        returns += np.where(alive, envs.rew, 0.0)  # a finished member earns nothing
         lengths += alive
+
+
+def share(episodes: Episodes, lo: int, hi: int) -> Episodes:
+    """The whole population's episodes on every process, when this one played members ``lo .. hi-1`` and
+    the center (last row, played by every process): one all-reduce of 2N + 1 + 2·obs numbers. On one
+    process (lo, hi = 0, N) nothing changes. Called between generations, never inside the fitness."""
+    n, d = len(episodes.returns) - 1, len(episodes.obs_sum)
+    mine = np.zeros(n, dtype=bool)
+    mine[lo:hi] = True
+    packed = np.concatenate([np.where(mine, episodes.returns[:n], 0.0), np.where(mine, episodes.lengths[:n], 0),
+                             [episodes.obs_count], episodes.obs_sum, episodes.obs_sq_sum])  # fmt: skip
+    total = all_sum(torch.from_numpy(packed)).numpy()
+    returns = np.append(total[:n], episodes.returns[n])
+    lengths = np.append(total[n : 2 * n], episodes.lengths[n]).astype(np.int64)
+    obs_sum, obs_sq_sum = total[2 * n + 1 : 2 * n + 1 + d], total[2 * n + 1 + d :]
+    return Episodes(returns, lengths, int(total[2 * n]), obs_sum, obs_sq_sum)
 
 
 # ---------------------------------------------------------------------------------- the policy
@@ -329,7 +380,9 @@ class RunningMeanStd:
         return np.maximum(np.sqrt(var), self.std_floor)
 
 
-def make_policy(obs_dim: int, act_dim: int, act_low: float, act_high: float, obs_clip: float) -> nn.Sequential:
+def make_policy(
+    obs_dim: int, act_dim: int, act_low: float, act_high: float, obs_clip: float
+) -> nn.Sequential:
     """raw obs → clip((obs − mean)/std) → linear → action clipped to the bounds; plain torch layers only, so
     a saved policy loads anywhere. The normaliser is a frozen diagonal affine map set between generations;
     only ``linear`` is trained (zero-initialised: the first center policy does nothing)."""
@@ -369,7 +422,8 @@ def bare_steps_per_s(make_env: Callable[[], gym.Env], seconds: float, seed: int)
     """Bare single-process stepping of one env with pre-drawn random actions: the throughput reference."""
     env = make_env()
     env.reset(seed=seed)
-    actions = np.random.default_rng(seed).uniform(env.action_space.low, env.action_space.high, (4096, env.action_space.shape[0]))
+    space = env.action_space
+    actions = np.random.default_rng(seed).uniform(space.low, space.high, (4096, *space.shape))
     steps, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         for _ in range(256):
@@ -385,7 +439,10 @@ def bare_steps_per_s(make_env: Callable[[], gym.Env], seconds: float, seed: int)
 def plot_curve(rows: list[dict[str, float]], title: str, path: Path) -> None:
     col = lambda key: np.array([r[key] for r in rows], dtype=float)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, x, label in ((axes[0], col("env_steps") / 1e6, "environment steps (millions)"), (axes[1], col("wall_time_s"), "wall time (s)")):
+    for ax, x, label in (
+        (axes[0], col("env_steps") / 1e6, "environment steps (millions)"),
+        (axes[1], col("wall_time_s"), "wall time (s)"),
+    ):
         ax.plot(x, col("eval_return"), label="unperturbed policy θ (eval_return)")
         ax.plot(x, col("mean_return"), alpha=0.7, label="population mean")
         ax.set(xlabel=label, ylabel="episode return")
@@ -415,7 +472,9 @@ def save_gif(policy: nn.Module, make_env: Callable[..., gym.Env], steps: int, se
     return False
 
 
-def _render_gif(policy: nn.Module, make_env: Callable[..., gym.Env], steps: int, seed: int, path: str, backend: str) -> None:
+def _render_gif(
+    policy: nn.Module, make_env: Callable[..., gym.Env], steps: int, seed: int, path: str, backend: str
+) -> None:
     os.environ["MUJOCO_GL"] = backend
     try:
         import imageio.v2 as imageio
@@ -446,10 +505,14 @@ def main() -> None:
     sigma, lr = args.sigma or preset.sigma, args.lr or preset.lr
     rank = args.rank or preset.rank
     alive_bonus = preset.alive_bonus if args.alive_bonus is None else args.alive_bonus
-    total_env_steps = args.total_env_steps or preset.total_env_steps
+    # A time budget alone runs for its whole length; without either limit the preset's step budget applies.
+    total_env_steps = args.total_env_steps or (math.inf if args.time_budget else preset.total_env_steps)
     run_name = f"{args.env_id}__mujoco_agent__{args.seed}__{int(time.time())}"
     out = Path(args.output_dir or f"runs/{run_name}")
-    out.mkdir(parents=True, exist_ok=True)
+    init_from_torchrun()  # under torchrun: the processes share the population (one process: nothing)
+    lead = world()[0] == 0  # the first process prints and writes the outputs
+    if lead:
+        out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)  # the policy is tiny; more threads only fight the environment workers
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
@@ -468,17 +531,27 @@ def main() -> None:
     last: dict[str, Episodes] = {}
 
     def fitness(model: nn.Sequential) -> torch.Tensor:
-        """Called once per generation with ``model`` in population mode: (N, obs) -> (N, act)."""
+        """Called once per generation with ``model`` in population mode for this process's members
+        ``lo .. hi-1`` (all N on one process): (hi - lo, obs) -> (hi - lo, act)."""
         center.load_state_dict(model.state_dict())  # the parameters hold θ; the perturbations come from hooks
-        pair_seeds = rng.integers(2**31, size=(n + 1) // 2)
+        pair_seeds = rng.integers(2**31, size=(n + 1) // 2)  # the same on every process
         seeds = np.append(np.repeat(pair_seeds, 2)[:n], rng.integers(2**31))  # members 2k, 2k+1 share a start
+        members = current_population()
+        lo, hi = members.start, members.start + members.size
+        active = np.zeros(n + 1, dtype=bool)  # this process steps its members and the center
+        active[lo:hi] = True
+        active[n] = True
 
         def act(obs: np.ndarray) -> np.ndarray:
-            x = torch.from_numpy(obs).float()  # (N+1, obs)
-            return torch.cat([model(x[:n]), center(x[n:])]).numpy()  # (N+1, act)
+            x = torch.from_numpy(obs).float()  # (N+1, obs); other processes' rows are not stepped here
+            actions = np.zeros((n + 1, envs.act_dim))
+            actions[lo:hi] = model(x[lo:hi]).numpy()
+            actions[n:] = center(x[n:]).numpy()
+            return actions  # (N+1, act)
 
-        episodes = last["episodes"] = rollout(envs, act, seeds, tracked=n)
-        return torch.as_tensor(episodes.returns[:n] - alive_bonus * episodes.lengths[:n])
+        last["members"] = (lo, hi)
+        episodes = last["episodes"] = rollout(envs, act, seeds, active, tracked=n)
+        return torch.as_tensor(episodes.returns[lo:hi] - alive_bonus * episodes.lengths[lo:hi])
 
     trainer = EGGROLLTrainer(
         policy.linear.parameters(),
@@ -494,26 +567,33 @@ def main() -> None:
         batched=True,
     )
 
-    print(
-        f"{args.env_id}: obs {envs.obs_dim}, act {envs.act_dim}, N={n}, σ={sigma}, lr={lr}, rank={rank}, "
-        f"alive bonus subtracted={alive_bonus}; bare stepping {bare_start:,.0f} steps/s; output: {out}"
-    )
+    if lead:
+        print(
+            f"{args.env_id}: obs {envs.obs_dim}, act {envs.act_dim}, N={n}, σ={sigma}, lr={lr}, rank={rank}, "
+            f"alive bonus subtracted={alive_bonus}; bare stepping {bare_start:,.0f} steps/s; output: {out}"
+        )
     fields = ["generation", "env_steps", "wall_time_s", "mean_return", "eval_return", "max_return",
               "mean_length", "eval_length", "steps_per_s", "generation_s", "worker_envs"]  # fmt: skip
     rows: list[dict[str, float]] = []
     env_steps, gen_time, start = 0, 0.0, time.perf_counter()
-    bar = tqdm(total=args.time_budget or total_env_steps, unit="s" if args.time_budget else "step", dynamic_ncols=True)
-    with open(out / "metrics.csv", "w", newline="") as fh:
+    bar = tqdm(
+        total=round(args.time_budget or total_env_steps),  # seconds when there is a time budget, else steps
+        unit="s" if args.time_budget else "step",
+        dynamic_ncols=True,
+        disable=not lead,
+    )
+    with open(out / "metrics.csv" if lead else os.devnull, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         while env_steps < total_env_steps:
             elapsed = time.perf_counter() - start
-            if args.time_budget and rows and elapsed + gen_time > args.time_budget:
-                break  # the next generation would end past the budget
+            if args.time_budget and rows and any_rank(elapsed + gen_time > args.time_budget):
+                break  # the next generation would end past the budget (on any process: all stop together)
             trainer.step()
-            episodes = last["episodes"]
+            episodes = share(last["episodes"], *last["members"])  # the whole population's, on every process
             obs_stats.update(episodes.obs_count, episodes.obs_sum, episodes.obs_sq_sum)
-            set_normaliser(policy, obs_stats.mean, obs_stats.std)  # frozen during a generation, updated between
+            # The normaliser is frozen during a generation and updated between generations.
+            set_normaliser(policy, obs_stats.mean, obs_stats.std)
             env_steps += int(episodes.lengths.sum())
             gen_time = time.perf_counter() - start - elapsed
             wall = time.perf_counter() - start
@@ -527,21 +607,30 @@ def main() -> None:
             rows.append(row)
             writer.writerow(row)
             fh.flush()
-            bar.update((min(wall, args.time_budget) if args.time_budget else env_steps) - bar.n)
-            bar.set_postfix(gen=row["generation"], eval_return=f"{row['eval_return']:.0f}", steps_per_s=row["steps_per_s"])
+            bar.update(
+                (int(min(wall, args.time_budget)) if args.time_budget else min(env_steps, bar.total)) - bar.n
+            )
+            bar.set_postfix_str(
+                f"gen {row['generation']}, eval_return {row['eval_return']:.0f}, {row['steps_per_s']:,} steps/s"
+            )
     bar.close()
     train_time = time.perf_counter() - start
+    if not lead:  # every process holds the same θ: the first one evaluates, saves and reports it
+        envs.close()
+        return
 
     # The saved policy: θ after the last update, with the normaliser it was trained with.
     torch.save(policy, out / "policy.pt")
     k = max(1, min(args.eval_episodes, envs.n))
     eval_seeds = np.arange(envs.n) + 10_000 * (args.seed + 1)
     with torch.no_grad():
-        final = rollout(envs, lambda obs: policy(torch.from_numpy(obs).float()).numpy(), eval_seeds, np.arange(envs.n) < k)
+        act = lambda obs: policy(torch.from_numpy(obs).float()).numpy()
+        final = rollout(envs, act, eval_seeds, active=np.arange(envs.n) < k)
     envs.close()
     bare_end = bare_steps_per_s(make_env, args.calibration_s, args.seed)
     bare = (bare_start + bare_end) / 2
-    plot_curve(rows, f"{args.env_id}: EGGROLL, linear policy, N={n} (seed {args.seed})", out / "learning_curve.png")
+    title = f"{args.env_id}: EGGROLL, linear policy, N={n} (seed {args.seed})"
+    plot_curve(rows, title, out / "learning_curve.png")
     summary = dict(
         env_id=args.env_id, seed=args.seed, population_size=n, sigma=sigma, lr=lr, rank=rank, alive_bonus=alive_bonus,
         generations=trainer.generation, env_steps=env_steps, train_time_s=round(train_time, 1),

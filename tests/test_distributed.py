@@ -355,5 +355,22 @@ def test_torchrun_example_matches_one_process():
     assert checksums[0] == checksums[1], outputs
 
 
+def test_mujoco_example_under_torchrun(tmp_path):
+    """The documented 2-process command of the MuJoCo example runs end to end (a tiny step budget)."""
+    pytest.importorskip("gymnasium")
+    pytest.importorskip("mujoco")
+    script = Path(__file__).resolve().parent.parent / "examples" / "mujoco_agent.py"
+    flags = ["--env-id", "Hopper-v5", "--total-env-steps", "2000", "--num-workers", "0", "--calibration-s", "0.1",
+             "--eval-episodes", "1", "--output-dir", str(tmp_path)]  # fmt: skip
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}"]
+    done = subprocess.run(
+        [*torchrun, str(script), *flags], capture_output=True, text=True, timeout=SPAWN_TIMEOUT
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("generation,env_steps") and len(rows) >= 2
+    assert (tmp_path / "policy.pt").exists()
+
+
 if __name__ == "__main__":
     worker(sys.argv[1], Path(sys.argv[2]))

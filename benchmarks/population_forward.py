@@ -1,0 +1,477 @@
+"""Batched population evaluation: forward, whole generation, rank and memory, vs eggroll-trainer 0.1.0.
+
+The figures of issue 3, one input row per member, MLPs 64-256-256-8 at N=1024 and 64-1024-1024-8 at N=256
+(tanh between layers), ``EGGROLLTrainer`` with antithetic pairs and plain SGD:
+
+* (a) the population forward (population mode) vs plain inference of the same N rows through the
+  unperturbed model — ratio plain/population, goals ≥ 0.5 (width 256) and ≥ 0.9 (width 1024);
+* (b) a whole generation (``trainer.step()``: noise, forward, shaping, update) vs plain inference —
+  goals ≤ 5× (width 256) and ≤ 2.5× (width 1024);
+* (c) generation time vs eggroll-trainer 0.1.0, installed at run time into a throwaway directory and
+  imported under another name (never vendored) — goal ≥ 50× faster;
+* (d) the same for rank 1, 4, 16 and for the sequential path (``batched=False``);
+* (e) peak memory of a generation vs N, one subprocess per configuration (peak RSS; see ``memory_child``).
+
+Timings are interleaved: each repetition times plain inference and then the candidate, and a ratio is the
+median of the per-repetition ratios, so load from other processes on a shared machine hits both sides alike.
+Both packages are given the same fitness function, which scores one row per call in the sequential form
+and runs under ``torch.no_grad()`` (0.1.0 does not disable autograd itself; this is its best case).
+
+Run:
+    python benchmarks/population_forward.py            # full run (~10 min on 2 cores)
+    python benchmarks/population_forward.py --quick    # ~2 min
+Writes ``benchmarks/results/population_forward{,_quick}.md`` and ``.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import csv
+import importlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+import torch
+from torch import nn
+
+import eggroll_trainer
+from eggroll_trainer import EGGROLLTrainer, current_population
+from eggroll_trainer.noise import noise_table
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SIGMA, LR, SEED = 0.01, 0.01, 0
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    widths: tuple[int, ...]
+    population: int
+    forward_goal: float  # plain / population forward, at least
+    generation_goal: float  # generation / plain, at most
+
+
+WORKLOADS = (
+    Workload("64-256-256-8", (64, 256, 256, 8), 1024, forward_goal=0.5, generation_goal=5.0),
+    Workload("64-1024-1024-8", (64, 1024, 1024, 8), 256, forward_goal=0.9, generation_goal=2.5),
+)
+OLD_SPEEDUP_GOAL = 50.0
+
+
+@dataclass
+class Args:
+    quick: bool = False
+    threads: int = 0  # 0: torch's default
+    reps: int = 0  # 0: 15 (quick: 5)
+    old_version: str = "0.1.0"  # "" skips the comparison
+    memory: bool = True
+    out_dir: Path = RESULTS
+
+
+def parse_args() -> Args:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="fewer repetitions and configurations")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    p.add_argument("--reps", type=int, default=0, help="timing repetitions (default 15, quick 5)")
+    p.add_argument("--old-version", default="0.1.0", help="earlier eggroll-trainer to compare ('' skips)")
+    p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the memory sweep")
+    p.add_argument("--out-dir", type=Path, default=RESULTS)
+    p.add_argument("--memory-child", help=argparse.SUPPRESS)  # internal: one memory measurement
+    ns = p.parse_args()
+    if ns.memory_child:
+        memory_child(json.loads(ns.memory_child))
+        sys.exit(0)
+    return Args(ns.quick, ns.threads, ns.reps, ns.old_version, ns.memory, ns.out_dir)
+
+
+# ------------------------------------------------------------------------------------------ workload
+def make_mlp(widths: tuple[int, ...]) -> nn.Sequential:
+    torch.manual_seed(SEED)
+    layers: list[nn.Module] = []
+    for i, (n, m) in enumerate(zip(widths[:-1], widths[1:])):
+        layers += [nn.Linear(n, m)] + ([nn.Tanh()] if i < len(widths) - 2 else [])
+    return nn.Sequential(*layers)
+
+
+class Fitness:
+    """−MSE of every member's output row against a fixed target; records the time of each model call.
+
+    ``batched``: population mode, member i sees row i. ``one_row``: one member per call (sequential
+    evaluation, and eggroll-trainer 0.1.0), rows taken in member order — the same rows, the same model."""
+
+    def __init__(self, widths: tuple[int, ...], population: int) -> None:
+        g = torch.Generator().manual_seed(SEED + 1)
+        self.x = torch.randn(population, widths[0], generator=g)  # (N, 64): one row per member
+        self.y = torch.randn(population, widths[-1], generator=g)  # (N, 8)
+        self.row = 0
+        self.forward_s: list[float] = []
+
+    def batched(self, model: nn.Module) -> torch.Tensor:
+        info = current_population()
+        x, y = self.x[info.start : info.start + info.size], self.y[info.start : info.start + info.size]
+        t0 = time.perf_counter()
+        out = model(x)
+        self.forward_s.append(time.perf_counter() - t0)
+        return -((out - y) ** 2).mean(-1)  # (N,)
+
+    @torch.no_grad()
+    def one_row(self, model: nn.Module) -> float:
+        i = self.row
+        self.row = (i + 1) % self.x.shape[0]
+        t0 = time.perf_counter()
+        out = model(self.x[i : i + 1])
+        self.forward_s.append(time.perf_counter() - t0)
+        return -float(((out - self.y[i : i + 1]) ** 2).mean())
+
+
+# ------------------------------------------------------------------------------------------- timing
+def interleaved(candidates: dict[str, tuple[Callable[[], None], int]], reps: int) -> dict[str, list[float]]:
+    """Seconds per call of each candidate ``name: (fn, calls per repetition)``, one entry per repetition.
+
+    Candidates alternate within every repetition, so a ratio of two of them is taken under the same load."""
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    for fn, _ in candidates.values():
+        fn()  # warm-up
+    for _ in range(reps):
+        for name, (fn, calls) in candidates.items():
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            times[name].append((time.perf_counter() - t0) / calls)
+    return times
+
+
+def median_ratio(num: list[float], den: list[float]) -> float:
+    return statistics.median(a / b for a, b in zip(num, den))
+
+
+def plain_inference(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    def run() -> None:
+        with torch.no_grad():
+            model(x)
+
+    return run
+
+
+# ------------------------------------------------------------------------------ eggroll-trainer 0.1.0
+def load_old_package(version: str) -> ModuleType:
+    """pip-install ``eggroll-trainer==version`` into a temporary directory and import it under its own
+    name without touching ours: our modules are set aside in ``sys.modules`` during the import and put back.
+
+    Its metadata asks for Python ≥ 3.12, but its code runs on 3.10+, hence ``--ignore-requires-python``."""
+    target = tempfile.mkdtemp(prefix="eggroll-trainer-old-")
+    atexit.register(shutil.rmtree, target, ignore_errors=True)
+    cmd = [
+        sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
+        "--target", target, "--python-version", "3.12", "--only-binary=:all:", "--ignore-requires-python",
+        f"eggroll-trainer=={version}",
+    ]  # fmt: skip
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    name = "eggroll_trainer"
+    ours = {k: sys.modules.pop(k) for k in list(sys.modules) if k == name or k.startswith(name + ".")}
+    sys.path.insert(0, target)
+    try:
+        old = importlib.import_module(name)
+        for k in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
+            del sys.modules[k]
+    finally:
+        sys.path.remove(target)
+        sys.modules.update(ours)
+    if not old.__file__.startswith(target) or old.__version__ != version:
+        raise RuntimeError(f"imported {old.__file__} (version {old.__version__}), not {version} from {target}")
+    if sys.modules[name] is not eggroll_trainer:
+        raise RuntimeError("our eggroll_trainer was replaced in sys.modules")
+    return old
+
+
+# ------------------------------------------------------------------------------------------- memory
+def _rss() -> dict[str, int]:
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                key, value = line.split(":")
+                out[key] = int(value.split()[0]) * 1024
+    return out
+
+
+def _peak_bytes(fn: Callable[[], None]) -> int:
+    """Peak resident memory added while ``fn`` runs (Linux: reset the high-water mark, run, read it)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    base = _rss()["VmRSS"]
+    fn()
+    return _rss()["VmHWM"] - base
+
+
+def memory_child(cfg: dict) -> None:
+    """One configuration in a fresh process (large blocks mmapped, so freed memory leaves RSS)."""
+    if cfg["threads"]:
+        torch.set_num_threads(cfg["threads"])
+    widths, n, rank = tuple(cfg["widths"]), cfg["population"], cfg["rank"]
+    model = make_mlp(widths)
+    fit = Fitness(widths, n)
+    trainer = EGGROLLTrainer(
+        model.parameters(), model=model, fitness_fn=fit.batched, population_size=n, learning_rate=LR,
+        sigma=SIGMA, rank=rank, seed=SEED, batched=True, chunk_size=cfg["chunk"],
+    )  # fmt: skip
+    plain = plain_inference(model, fit.x)
+    plain()
+    trainer.step()  # warm-up: builds the noise table, first-call caches
+    result = {
+        "plain": _peak_bytes(plain),
+        "generation": _peak_bytes(trainer.step),
+        "table": noise_table(SEED, trainer.noise_table_size, torch.device("cpu"), torch.float32).numel() * 4,
+    }
+    print(json.dumps(result))
+
+
+def measure_memory(args: Args) -> list[dict]:
+    widths = WORKLOADS[0].widths
+    pops = (256, 1024, 4096) if args.quick else (256, 1024, 4096, 16384)
+    configs = [(n, r, None) for r in (1, 16) for n in pops] + [(pops[-1], 16, 1024)]
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    rows = []
+    for n, r, chunk in configs:
+        cfg = dict(widths=widths, population=n, rank=r, chunk=chunk, threads=args.threads)
+        cmd = [sys.executable, __file__, "--memory-child", json.dumps(cfg)]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
+        res = json.loads(out.strip().splitlines()[-1])
+        theta = sum(p.numel() for p in make_mlp(widths).parameters())
+        factors = n * r * sum(a + b for a, b in zip(widths[:-1], widths[1:]))  # N·r·Σ(m+n), floats
+        rows.append(dict(
+            model=WORKLOADS[0].name, N=n, rank=r, chunk=chunk or "", params=theta,
+            theta_MB=theta * 4 / 1e6, factors_MB=factors * 4 / 1e6, table_MB=res["table"] / 1e6,
+            plain_peak_MB=res["plain"] / 1e6, generation_peak_MB=res["generation"] / 1e6,
+        ))  # fmt: skip
+        print(
+            f"  N={n:6d} r={r:2d} chunk={chunk or '-':>5}: generation peak {res['generation'] / 1e6:7.1f} MB "
+            f"(plain inference {res['plain'] / 1e6:6.1f} MB; |θ| {theta * 4 / 1e6:.1f} MB, "
+            f"N·r·Σ(m+n) {factors * 4 / 1e6:6.1f} MB, table {res['table'] / 1e6:.0f} MB, allocated once)",
+            flush=True,
+        )
+    return rows
+
+
+# --------------------------------------------------------------------------------------------- main
+@dataclass
+class Row:
+    model: str
+    N: int
+    path: str
+    rank: int
+    plain_ms: float
+    forward_ms: float
+    generation_ms: float
+    plain_over_forward: float
+    generation_over_plain: float
+    old_generation_ms: float | None = None
+    old_over_plain: float | None = None
+    speedup_vs_old: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def bench_workload(w: Workload, args: Args, old: ModuleType | None) -> list[Row]:
+    reps = args.reps or (5 if args.quick else 15)
+    ranks = (1, 4, 16)
+    rows = []
+    for path, rank in [("batched", r) for r in ranks] + [("sequential", 1)]:
+        model = make_mlp(w.widths)
+        fit = Fitness(w.widths, w.population)
+        batched = path == "batched"
+        trainer = EGGROLLTrainer(
+            model.parameters(), model=model, fitness_fn=fit.batched if batched else fit.one_row,
+            population_size=w.population, learning_rate=LR, sigma=SIGMA, rank=rank, seed=SEED, batched=batched,
+        )  # fmt: skip
+        plain = plain_inference(model, fit.x)
+        gen_calls, plain_calls = (3, 5) if batched else (1, 5)
+        gen_reps = reps if batched else max(2, reps // 5)
+
+        def generation() -> None:
+            fit.forward_s.clear()
+            trainer.step()
+            forward.append(sum(fit.forward_s))
+
+        forward: list[float] = []
+        t = interleaved({"plain": (plain, plain_calls), "gen": (generation, gen_calls)}, gen_reps)
+        fwd = [statistics.mean(forward[1 + i * gen_calls : 1 + (i + 1) * gen_calls]) for i in range(gen_reps)]
+        row = Row(
+            model=w.name, N=w.population, path=path, rank=rank,
+            plain_ms=statistics.median(t["plain"]) * 1e3, forward_ms=statistics.median(fwd) * 1e3,
+            generation_ms=statistics.median(t["gen"]) * 1e3,
+            plain_over_forward=median_ratio(t["plain"], fwd), generation_over_plain=median_ratio(t["gen"], t["plain"]),
+        )  # fmt: skip
+        if not batched:
+            row.notes.append(f"forward = {w.population} one-row forwards")
+        if old is not None and (rank == 1 or not args.quick):
+            row.old_generation_ms, row.old_over_plain, note = bench_old(w, rank, old, args)
+            row.speedup_vs_old = row.old_over_plain / row.generation_over_plain
+            if note:
+                row.notes.append(note)
+        rows.append(row)
+        print(format_row(row), flush=True)
+    return rows
+
+
+def bench_old(w: Workload, rank: int, old: ModuleType, args: Args) -> tuple[float, float, str]:
+    """0.1.0's generation time and its ratio to plain inference (interleaved); full population."""
+    model = make_mlp(w.widths)
+    fit = Fitness(w.widths, w.population)
+    trainer = old.EGGROLLTrainer(
+        model.parameters(), model=model, fitness_fn=fit.one_row, population_size=w.population,
+        learning_rate=LR, sigma=SIGMA, rank=rank, noise_reuse=2, seed=SEED,
+    )  # fmt: skip  (noise_reuse=2 is 0.1.0's antithetic sampling)
+    plain = plain_inference(model, fit.x)
+    reps = 1 if args.quick else 3
+    t = interleaved({"plain": (plain, 5), "old": (trainer.step, 1)}, reps)
+    note = f"0.1.0: {reps} generation(s) at full N after 1 warm-up"
+    return statistics.median(t["old"]) * 1e3, median_ratio(t["old"], t["plain"]), note
+
+
+def format_row(r: Row) -> str:
+    old = ""
+    if r.speedup_vs_old is not None:
+        old = f" | 0.1.0 {r.old_generation_ms:8.1f} ms = {r.old_over_plain:5.0f}× plain → ours {r.speedup_vs_old:5.0f}× faster"
+    return (
+        f"{r.model:>15} N={r.N:4d} {r.path:>10} r={r.rank:2d} | plain {r.plain_ms:6.2f} ms | forward "
+        f"{r.forward_ms:7.2f} ms (plain/forward {r.plain_over_forward:4.2f}) | generation {r.generation_ms:8.2f} ms "
+        f"(= {r.generation_over_plain:6.2f}× plain){old}"
+    )
+
+
+def machine() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        model = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+    except (OSError, StopIteration):
+        pass
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return (
+        f"{model}, {os.cpu_count()} logical CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"Python {platform.python_version()}, eggroll-trainer {eggroll_trainer.__version__}; load average at start {load}"
+    )
+
+
+def write_results(args: Args, rows: list[Row], memory: list[dict], header: str, elapsed: float) -> Path:
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    stem = "population_forward" + ("_quick" if args.quick else "")
+    cmd = "python benchmarks/population_forward.py" + (" --quick" if args.quick else "")
+    if args.threads:
+        cmd += f" --threads {args.threads}"
+        stem += f"_t{args.threads}"
+    with open(args.out_dir / f"{stem}.csv", "w", newline="") as f:
+        fields = [k for k in Row.__dataclass_fields__ if k != "notes"] + ["notes"]
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({**{k: getattr(r, k) for k in fields[:-1]}, "notes": "; ".join(r.notes)})
+    if memory:
+        with open(args.out_dir / f"{stem}_memory.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(memory[0]))
+            writer.writeheader()
+            writer.writerows(memory)
+
+    def num(x: float | None, fmt: str) -> str:
+        return "—" if x is None else format(x, fmt)
+
+    goals = {w.name: w for w in WORKLOADS}
+    lines = [
+        "# Population forward and generation timings",
+        "",
+        f"Command: `{cmd}` ({elapsed / 60:.1f} min).  ",
+        f"Machine: {header}.",
+        "",
+        "One input row per member; ratios are medians of per-repetition ratios (plain inference timed in the "
+        "same repetition). Goals (issue 3): plain/forward ≥ 0.5 (width 256) and ≥ 0.9 (width 1024); generation "
+        f"≤ 5× (width 256) and ≤ 2.5× (width 1024) plain inference; ≥ {OLD_SPEEDUP_GOAL:.0f}× faster than 0.1.0 "
+        "per generation.",
+        "",
+        "| model | N | path | r | plain (ms) | forward (ms) | plain / forward | generation (ms) "
+        "| generation / plain | 0.1.0 generation (ms) | 0.1.0 / plain | ours vs 0.1.0 |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.model} | {r.N} | {r.path} | {r.rank} | {r.plain_ms:.2f} | {r.forward_ms:.2f} | "
+            f"{r.plain_over_forward:.2f} | {r.generation_ms:.2f} | {r.generation_over_plain:.2f}× | "
+            f"{num(r.old_generation_ms, '.0f')} | {num(r.old_over_plain, '.0f')}"
+            f"{'×' if r.old_over_plain else ''} | {num(r.speedup_vs_old, '.0f')}{'×' if r.speedup_vs_old else ''} |"
+        )
+    lines += ["", "Goals at rank 1, batched:", ""]
+    for r in rows:
+        if r.path == "batched" and r.rank == 1:
+            g = goals[r.model]
+            checks = [
+                f"plain/forward {r.plain_over_forward:.2f} (goal ≥ {g.forward_goal}) "
+                f"{'met' if r.plain_over_forward >= g.forward_goal else 'MISSED'}",
+                f"generation {r.generation_over_plain:.2f}× plain (goal ≤ {g.generation_goal}×) "
+                f"{'met' if r.generation_over_plain <= g.generation_goal else 'MISSED'}",
+            ]
+            if r.speedup_vs_old is not None:
+                checks.append(
+                    f"{r.speedup_vs_old:.0f}× faster than 0.1.0 (goal ≥ {OLD_SPEEDUP_GOAL:.0f}×) "
+                    f"{'met' if r.speedup_vs_old >= OLD_SPEEDUP_GOAL else 'MISSED'}"
+                )
+            lines.append(f"* {r.model}, N={r.N}: " + "; ".join(checks))
+    notes = sorted({n for r in rows for n in r.notes})
+    if notes:
+        lines += ["", "Notes: " + "; ".join(notes) + "."]
+    if memory:
+        lines += [
+            "",
+            "## Peak memory of a generation",
+            "",
+            "Peak RSS added by one `trainer.step()` (batched, after a warm-up step), one subprocess per row; "
+            "the shared noise table is allocated once per seed and listed separately.",
+            "",
+            "| model | N | r | chunk | generation peak (MB) | plain inference peak (MB) | \\|θ\\| (MB) "
+            "| N·r·Σ(m+n) (MB) | noise table (MB) |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for m in memory:
+            lines.append(
+                f"| {m['model']} | {m['N']} | {m['rank']} | {m['chunk'] or '—'} | {m['generation_peak_MB']:.1f} | "
+                f"{m['plain_peak_MB']:.1f} | {m['theta_MB']:.1f} | {m['factors_MB']:.1f} | {m['table_MB']:.0f} |"
+            )
+    path = args.out_dir / f"{stem}.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    header = machine()
+    print(header, flush=True)
+    old = None
+    if args.old_version:
+        print(f"installing eggroll-trainer=={args.old_version} into a temporary directory ...", flush=True)
+        old = load_old_package(args.old_version)
+    rows: list[Row] = []
+    for w in WORKLOADS:
+        rows += bench_workload(w, args, old)
+    memory = []
+    if args.memory:
+        print("peak memory of a generation (subprocess per configuration):", flush=True)
+        memory = measure_memory(args)
+    path = write_results(args, rows, memory, header, time.perf_counter() - start)
+    print(f"wrote {path} and .csv")
+
+
+if __name__ == "__main__":
+    main()
