@@ -35,6 +35,7 @@ import statistics
 import subprocess
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -78,7 +79,7 @@ class LinearProblem:
         g = torch.Generator().manual_seed(1000 + seed)
         self.c = [torch.randn(layer.in_features, layer.out_features, generator=g) for layer in layers]
         grads = []
-        for layer, c in zip(layers, self.c):  # ∂f/∂W = Cᵀ (out × in), ∂f/∂b = Σ_rows C
+        for c in self.c:  # ∂f/∂W = Cᵀ (out × in), ∂f/∂b = Σ_rows C
             grads += [c.T.flatten(), c.sum(0)]
         self.g = torch.cat(grads)
 
@@ -129,7 +130,9 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 # ---------------------------------------------------------------------------- 1. table size sweep
-def member_correlation(table: torch.Tensor, shape: tuple[int, int], pairs: int, sample: int) -> tuple[float, float, int]:
+def member_correlation(
+    table: torch.Tensor, shape: tuple[int, int], pairs: int, sample: int
+) -> tuple[float, float, int]:
     """Mean and max |corr| between the rank-1 perturbations of ``sample`` consecutive pairs of one
     parameter (neighbours share the most values when windows overlap), and the window stride."""
     noise = ParamNoise(table, NoiseSpec(torch.Size(shape), rank=1), hash_key(0, 1, 0), pairs)
@@ -209,7 +212,7 @@ def build_costs(args: Args) -> tuple[list[dict], list[dict]]:
     build = []
     for log2 in (20, 22, 24, 25):
         size = 1 << log2
-        seconds = timed(lambda: noise_table.__wrapped__(0, size, torch.device("cpu"), torch.float32), reps)
+        seconds = timed(partial(noise_table.__wrapped__, 0, size, torch.device("cpu"), torch.float32), reps)
         build.append(dict(table_values=size, table_MB=size * 4 / 1e6, build_ms=seconds * 1e3))
         print(f"  build 2^{log2} values ({size * 4 / 1e6:6.1f} MB): {seconds * 1e3:7.1f} ms", flush=True)
     fresh = []
@@ -219,11 +222,11 @@ def build_costs(args: Args) -> tuple[list[dict], list[dict]]:
             pairs = num_pairs(population, True)
             per_pair = sum((n + m) * rank + m for n, m in zip(widths[:-1], widths[1:]))  # A, B and β
             count = pairs * per_pair
-            seconds = timed(lambda: torch.randn(count), reps * 3)
+            seconds = timed(partial(torch.randn, count), reps * 3)
             default = default_table_size(
                 [(n + m) * rank for n, m in zip(widths[:-1], widths[1:])] + list(widths[1:]), pairs
             )
-            views = timed(lambda: _table_views(default, widths, rank, pairs), reps * 3)
+            views = timed(partial(_table_views, default, widths, rank, pairs), reps * 3)
             fresh.append(dict(
                 model=name, N=population, rank=rank, normals_per_generation=count, randn_ms=seconds * 1e3,
                 table_views_ms=views * 1e3, default_table_values=default,
@@ -253,7 +256,9 @@ def grid(args: Args, problem: LinearProblem) -> list[dict]:
         reference = 1 / math.sqrt(1 + (d + 1) / pairs)
         for rank in (1, 4, 16):
             cos = mean_std([problem.estimate_cosine(population, rank, s) for s in range(args.seeds)])
-            rows.append(dict(N=population, rank=rank, cos_mean=cos[0], cos_std=cos[1], iid_reference=reference))
+            rows.append(
+                dict(N=population, rank=rank, cos_mean=cos[0], cos_std=cos[1], iid_reference=reference)
+            )
             print(
                 f"  N={population:5d} r={rank:2d}: cos(ĝ, g) {cos[0]:.3f} ± {cos[1]:.3f} "
                 f"(i.i.d. full-rank reference {reference:.3f})",
@@ -267,7 +272,9 @@ def machine() -> str:
     model = platform.machine()
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        model = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+        model = next(
+            line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")
+        )
     except (OSError, StopIteration):
         pass
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
@@ -324,7 +331,10 @@ def write_results(args: Args, sweep, build, fresh, grid_rows, header: str, elaps
         "| table (values) | MB | build (ms, once per seed) |",
         "|---|---:|---:|",
     ]
-    lines += [f"| 2^{int(math.log2(b['table_values']))} | {b['table_MB']:.0f} | {b['build_ms']:.0f} |" for b in build]
+    lines += [
+        f"| 2^{int(math.log2(b['table_values']))} | {b['table_MB']:.0f} | {b['build_ms']:.0f} |"
+        for b in build
+    ]
     lines += [
         "",
         "| model | N | r | normals per generation | fresh `torch.randn` (ms) | table views (ms) |",

@@ -40,6 +40,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from types import ModuleType
 
@@ -190,7 +191,9 @@ def load_old_package(version: str) -> ModuleType:
         sys.path.remove(target)
         sys.modules.update(ours)
     if not old.__file__.startswith(target) or old.__version__ != version:
-        raise RuntimeError(f"imported {old.__file__} (version {old.__version__}), not {version} from {target}")
+        raise RuntimeError(
+            f"imported {old.__file__} (version {old.__version__}), not {version} from {target}"
+        )
     if sys.modules[name] is not eggroll_trainer:
         raise RuntimeError("our eggroll_trainer was replaced in sys.modules")
     return old
@@ -298,13 +301,8 @@ def bench_workload(w: Workload, args: Args, old: ModuleType | None) -> list[Row]
         plain = plain_inference(model, fit.x)
         gen_calls, plain_calls = (3, 5) if batched else (1, 5)
         gen_reps = reps if batched else max(2, reps // 5)
-
-        def generation() -> None:
-            fit.forward_s.clear()
-            trainer.step()
-            forward.append(sum(fit.forward_s))
-
-        forward: list[float] = []
+        forward: list[float] = []  # seconds spent in the model per generation
+        generation = partial(_generation, trainer, fit, forward)
         t = interleaved({"plain": (plain, plain_calls), "gen": (generation, gen_calls)}, gen_reps)
         fwd = [statistics.mean(forward[1 + i * gen_calls : 1 + (i + 1) * gen_calls]) for i in range(gen_reps)]
         row = Row(
@@ -325,14 +323,21 @@ def bench_workload(w: Workload, args: Args, old: ModuleType | None) -> list[Row]
     return rows
 
 
+def _generation(trainer: EGGROLLTrainer, fit: Fitness, forward: list[float]) -> None:
+    fit.forward_s.clear()
+    trainer.step()
+    forward.append(sum(fit.forward_s))
+
+
 def bench_old(w: Workload, rank: int, old: ModuleType, args: Args) -> tuple[float, float, str]:
     """0.1.0's generation time and its ratio to plain inference (interleaved); full population."""
     model = make_mlp(w.widths)
     fit = Fitness(w.widths, w.population)
+    # noise_reuse=2 is 0.1.0's antithetic sampling
     trainer = old.EGGROLLTrainer(
         model.parameters(), model=model, fitness_fn=fit.one_row, population_size=w.population,
         learning_rate=LR, sigma=SIGMA, rank=rank, noise_reuse=2, seed=SEED,
-    )  # fmt: skip  (noise_reuse=2 is 0.1.0's antithetic sampling)
+    )  # fmt: skip
     plain = plain_inference(model, fit.x)
     reps = 1 if args.quick else 3
     t = interleaved({"plain": (plain, 5), "old": (trainer.step, 1)}, reps)
@@ -355,7 +360,9 @@ def machine() -> str:
     model = platform.processor() or platform.machine()
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        model = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+        model = next(
+            line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")
+        )
     except (OSError, StopIteration):
         pass
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())

@@ -30,6 +30,9 @@ from torch import Tensor
 
 _MASK64 = (1 << 64) - 1
 
+#: Above this many factor values per update chunk, the update GEMM runs per factor column (no stacked copy).
+_STACKED_UPDATE_VALUES = 1 << 20
+
 #: Smallest and largest table the automatic sizing picks (in float values).
 MIN_TABLE_SIZE = 1 << 20
 MAX_AUTO_TABLE_SIZE = 1 << 25
@@ -185,7 +188,11 @@ class ParamNoise:
     def weighted_sum(self, weights: Tensor, chunk: int) -> Tensor:
         """Σ_k w_k E_k over all pairs (unsigned E: fold signs into w), chunked over pairs.
 
-        Low rank: one GEMM per chunk — (m, c·r) @ (c·r, n) — never c materialised m×n matrices."""
+        Low rank: never P materialised m×n matrices, but GEMMs of the stacked factors
+        [w_1 A_1 … w_P A_P] [B_1 … B_P]ᵀ, weighting the smaller factor. Small stacks go in one GEMM of
+        inner size P·r; larger ones one GEMM (m, P) @ (P, n) per factor column, whose operands are
+        strided matrices of the table (row stride = window stride): only the weighted one is copied,
+        so the extra memory is O(P·min(m, n)) for any rank (and r = 1 copies nothing more either way)."""
         total = weights.numel()
         out = None
         for first in range(0, total, chunk):
@@ -193,20 +200,23 @@ class ParamNoise:
             w = weights[first : first + count]
             if self.spec.low_rank:
                 m, n = self.spec.shape
+                r = self.spec.rank
                 a_t, b_t = self.factors_t(first, count)  # (c, r, m), (c, r, n)
-                # [w_1 A_1 … w_c A_c] [B_1 … B_c]ᵀ: weight the smaller factor; for r = 1 both stacks are
-                # strided (c, ·) matrices of the table and only the weighted one is copied.
-                if m <= n:
-                    lhs, rhs = (a_t * w.view(-1, 1, 1)).reshape(-1, m), b_t.reshape(-1, n)
-                else:
-                    lhs, rhs = a_t.reshape(-1, m), (b_t * w.view(-1, 1, 1)).reshape(-1, n)
-                alpha = 1.0 / math.sqrt(self.spec.rank)
-                if out is None:
-                    out = torch.mm(lhs.T, rhs).mul_(alpha) if alpha != 1.0 else torch.mm(lhs.T, rhs)
-                else:
-                    out.addmm_(lhs.T, rhs, alpha=alpha)
+                if count * r * (m + n) <= _STACKED_UPDATE_VALUES:
+                    a_t, b_t = a_t.reshape(-1, 1, m), b_t.reshape(-1, 1, n)  # (c·r, 1, ·): a copy for r > 1
+                    w = w.repeat_interleave(r)
+                w = w.view(-1, 1)
+                for col in range(a_t.shape[1]):
+                    a, b = a_t[:, col], b_t[:, col]  # (c, m), (c, n)
+                    if m <= n:
+                        a = a * w
+                    else:
+                        b = b * w
+                    out = torch.mm(a.T, b) if out is None else out.addmm_(a.T, b)
             else:
                 part = torch.tensordot(w, self.full(first, count), dims=1)  # (*shape)
                 out = part if out is None else out.add_(part)
         assert out is not None
+        if self.spec.low_rank and self.spec.rank > 1:
+            out.div_(math.sqrt(self.spec.rank))
         return out

@@ -9,8 +9,11 @@ the context; inside, hooks do the work:
 
       y_i += σ s_i (x_i B_k) A_kᵀ / √r + σ s_i β_k          (k = pair of member i, s_i = ±1)
 
-  With antithetic pairs both mirrors share one ``bmm`` over pairs; the rank-r correction is added in
-  place by ``baddbmm_``. Extra work per member is O(rows·r·(m + n)); nothing of size K·m·n exists.
+  With antithetic pairs both mirrors share one ``bmm`` over pairs (``x B`` for both, one sign flip on
+  the tiny result); the rank-r correction is added in place — ``addcmul_`` for r = 1, ``baddbmm_`` above.
+  Factors are strided views of the noise table, taken once per context; a shared input
+  (``x.expand(K, ...)``, stride 0) is never copied. Extra work per member is O(rows·r·(m + n)); nothing
+  of size K·m·n exists.
 * **Generic path — any other module that owns parameters** (LayerNorm, Embedding, Conv, MultiheadAttention,
   custom modules, ...): its forward is run under ``torch.func.vmap`` over per-member parameter stacks via
   ``torch.func.functional_call``. This materialises K copies of *that module's* parameters, so keep big
@@ -27,9 +30,10 @@ import functools
 import math
 import threading
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn

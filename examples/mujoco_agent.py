@@ -47,6 +47,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# MuJoCo picks its OpenGL backend when it is imported, and a broken one (say MUJOCO_GL=osmesa without
+# libOSMesa) fails the import. Stepping needs no OpenGL: import with rendering off, and keep your choice for
+# `save_gif`, which tries it (else EGL, then OSMesa) in child processes.
+os.environ["GIF_MUJOCO_GL"] = os.environ.get("GIF_MUJOCO_GL", os.environ.get("MUJOCO_GL", ""))
+os.environ["MUJOCO_GL"] = "disable"
 import gymnasium as gym
 import matplotlib
 
@@ -60,6 +65,8 @@ from tqdm.auto import tqdm
 
 from eggroll_trainer import EGGROLLTrainer, current_population
 from eggroll_trainer.distributed import all_sum, any_rank, init_from_torchrun, world
+
+GL_BACKENDS = [os.environ["GIF_MUJOCO_GL"]] if os.environ["GIF_MUJOCO_GL"] else ["egl", "osmesa"]
 
 # Every MuJoCo v5 model compiles with a deprecated 'settotalmass' attribute, and MuJoCo prints a warning
 # for each of the N environments; the warning is about gymnasium's XML, not about this run.
@@ -159,8 +166,9 @@ class LockstepEnvs:
     them alone, so on Hopper/Walker2d/Ant they would keep simulating members whose episode is over.
 
     Load balancing: lockstep stepping across processes is only as fast as the slowest process, and on a
-    shared machine a process often waits for a core. Measured here: split 16/17 over two processes, 31 k
-    steps/s against 24 k in one process on an idle machine, but 16 k against 25 k while other jobs ran.
+    shared machine a process often waits for a core. Measured here (33 envs, random actions): split 17/16
+    over two processes ~29 k steps/s against ~23 k in one process on a quiet machine, but 16 k against
+    25 k while other jobs ran.
     So every process holds all ``n`` environments, and at each reset (an episode never moves) the stepper
     takes whichever of "this process alone" and "split" gave more env steps per second lately, trying the
     other again every ``probe_every`` resets; a split deals the envs out in proportion to each process's
@@ -455,18 +463,17 @@ def plot_curve(rows: list[dict[str, float]], title: str, path: Path) -> None:
 
 
 def save_gif(policy: nn.Module, make_env: Callable[..., gym.Env], steps: int, seed: int, path: Path) -> bool:
-    """Render one episode of ``policy`` offscreen. Each GL backend is tried in a child process, because
-    MuJoCo picks its backend once per process and a broken GL driver may crash the process."""
-    backends = [os.environ["MUJOCO_GL"]] if os.environ.get("MUJOCO_GL") else ["egl", "osmesa"]
+    """Render one episode of ``policy`` offscreen. Each GL backend is tried in a child process: a backend is
+    chosen once per process, and a broken GL driver may crash the process that loads it."""
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    for backend in backends:
+    for backend in GL_BACKENDS:
         child = ctx.Process(target=_render_gif, args=(policy, make_env, steps, seed, str(path), backend))
         child.start()
         child.join()
         if child.exitcode == 0 and path.exists():
             return True
     print(
-        f"policy.gif not written: no offscreen OpenGL backend worked (tried MUJOCO_GL={', '.join(backends)}). "
+        f"policy.gif not written: no offscreen OpenGL backend worked (tried MUJOCO_GL={', '.join(GL_BACKENDS)}). "
         "Install EGL (libegl1) or OSMesa (libosmesa6), or set MUJOCO_GL; training results are unaffected."
     )
     return False

@@ -33,19 +33,41 @@ agent = load_example()
 COLUMNS = ["generation", "env_steps", "wall_time_s", "mean_return", "eval_return", "steps_per_s"]
 
 
+def tiny_run_command(name: str, out: Path) -> list[str]:
+    flags = ["--env-id", f"{name}-v5", "--output-dir", str(out), "--total-env-steps", "120"]
+    flags += ["--population-size", "4", "--max-episode-steps", "15", "--calibration-s", "0.05"]
+    flags += ["--eval-episodes", "2"]
+    if name == "HalfCheetah":
+        flags += ["--gif", "--gif-steps", "6"]
+    return [sys.executable, str(SCRIPT), *flags]
+
+
+@pytest.fixture(scope="module")
+def preset_runs(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, tuple[subprocess.CompletedProcess, Path]]:
+    """Every preset on a tiny budget, all at once: each run is mostly interpreter start-up, so running them
+    side by side keeps both cores busy."""
+    procs = {}
+    for name in agent.PRESETS:
+        out = tmp_path_factory.mktemp(name)
+        # Output to files, not pipes: nothing fills up while we wait on another run. The working
+        # directory is the run's own: MuJoCo may write a MUJOCO_LOG.TXT there.
+        with open(out / "stdout.txt", "w") as stdout, open(out / "stderr.txt", "w") as stderr:
+            proc = subprocess.Popen(tiny_run_command(name, out), cwd=out, stdout=stdout, stderr=stderr)
+        procs[name] = (proc, out)
+    runs = {}
+    for name, (proc, out) in procs.items():
+        code = proc.wait(timeout=300)
+        text = [(out / f).read_text() for f in ("stdout.txt", "stderr.txt")]
+        runs[name] = (subprocess.CompletedProcess(proc.args, code, *text), out)
+    return runs
+
+
 @pytest.mark.parametrize("name", list(agent.PRESETS))
-def test_preset_runs_end_to_end(name: str, tmp_path: Path) -> None:
+def test_preset_runs_end_to_end(name: str, preset_runs: dict) -> None:
+    proc, tmp_path = preset_runs[name]
     env_id = f"{name}-v5"
-    gif = ["--gif", "--gif-steps", "6"] if name == "HalfCheetah" else []
-    tiny = ["--total-env-steps", "120", "--population-size", "4", "--max-episode-steps", "15"]
-    tiny += ["--calibration-s", "0.05", "--eval-episodes", "2"]
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--env-id", env_id, "--output-dir", str(tmp_path), *tiny, *gif],
-        cwd=tmp_path,  # MuJoCo may drop a MUJOCO_LOG.TXT in the working directory
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     for file in ("metrics.csv", "learning_curve.png", "policy.pt", "summary.json"):
         assert (tmp_path / file).stat().st_size > 0, file
@@ -70,7 +92,7 @@ def test_preset_runs_end_to_end(name: str, tmp_path: Path) -> None:
     assert action.shape == env.action_space.shape and env.action_space.contains(action.astype(np.float32))
     env.step(action)
 
-    if gif:  # rendered where offscreen GL works; otherwise a clear message, never a crash
+    if name == "HalfCheetah":  # rendered where offscreen GL works; otherwise a clear message, never a crash
         gif_file = tmp_path / "policy.gif"
         assert (
             gif_file.exists() and gif_file.read_bytes()[:4] == b"GIF8"
@@ -106,7 +128,9 @@ def test_policy_normalises_clips_and_stays_frozen_between_updates() -> None:
         policy.linear.bias.copy_(torch.tensor([0.05, 0.0]))
     obs = np.array([[3.0, -2.5, 0.8], [1.0, -2.0, 0.5]])
     x = np.clip((obs - mean) / std, -5.0, 5.0)  # the third entry of row 0 is 30: clipped to 5
-    expected = np.clip(x @ policy.linear.weight.detach().numpy().T.astype(np.float64) + [0.05, 0.0], -0.4, 0.4)
+    expected = np.clip(
+        x @ policy.linear.weight.detach().numpy().T.astype(np.float64) + [0.05, 0.0], -0.4, 0.4
+    )
     with torch.no_grad():
         got = policy(torch.as_tensor(obs, dtype=torch.float32)).numpy()
     np.testing.assert_allclose(got, expected, atol=1e-6)
