@@ -31,7 +31,7 @@ from torch import Tensor
 _MASK64 = (1 << 64) - 1
 
 #: Above this many factor values per update chunk, the update GEMM runs per factor column (no stacked copy).
-_STACKED_UPDATE_VALUES = 1 << 20
+_STACKED_UPDATE_VALUES = 1 << 16
 
 #: Smallest and largest table the automatic sizing picks (in float values).
 MIN_TABLE_SIZE = 1 << 20
@@ -74,9 +74,7 @@ def default_table_size(slice_lengths: list[int], num_pairs: int) -> int:
     return size
 
 
-def member_pairs(
-    start: int, count: int, antithetic: bool, device: torch.device
-) -> tuple[Tensor, Tensor]:
+def member_pairs(start: int, count: int, antithetic: bool, device: torch.device) -> tuple[Tensor, Tensor]:
     """Pair index and sign of members ``start .. start+count-1``.
 
     Antithetic: member i uses pair i // 2 with sign +1 (even i) or -1 (odd i). Otherwise pair i, sign +1.
@@ -144,9 +142,7 @@ class ParamNoise:
         for dim in reversed(shape):
             strides.insert(1, acc)
             acc *= dim
-        return self.table.as_strided(
-            (count, *shape), strides, self.base + first * self.stride + offset
-        )
+        return self.table.as_strided((count, *shape), strides, self.base + first * self.stride + offset)
 
     def factors(self, first: int = 0, count: int = 1) -> tuple[Tensor, Tensor]:
         """Low-rank factors of pairs ``first .. first+count-1``: A (count, m, r), B (count, n, r) — views

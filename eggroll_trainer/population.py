@@ -305,36 +305,40 @@ class population_mode:
         bias = self.perturbed.get(id(module.bias)) if module.bias is not None else None
         k, mirrored = self.info.size, self.paired
         groups = k // 2 if mirrored else k
-        end = self.info.start + k  # one past the last member
-        first, last = self.info.start // 2, (end + 1) // 2 if self.antithetic else end  # pairs [first, last)
         signs = None if mirrored or not self.antithetic else self._members[1]  # None: every sign is +1
         plan = _LinearNoise(groups=groups, mirrors=2 if mirrored else 1)
         if weight is not None and weight.noise.spec.low_rank:
-            a_t, b_t = (
-                weight.noise.factors_t(first, groups) if mirrored else self._rows(weight.noise.factors_t(0, last))
-            )  # (G, r, m), (G, r, n)
-            plan.a_t = a_t if signs is None else a_t * signs.to(a_t.dtype).view(-1, 1, 1)
-            plan.b_t = b_t
+            a_t, b_t = (self._per_group(view) for view in weight.noise.factors_t(0, self._pair_end))
+            plan.a_t = a_t if signs is None else a_t * signs.to(a_t.dtype).view(-1, 1, 1)  # (G, r, m)
+            plan.b_t = b_t  # (G, r, n)
             plan.alpha = weight.sigma / math.sqrt(weight.noise.spec.rank)
         elif weight is not None:  # full-rank weight noise (VanillaESTrainer)
-            plan.eps = weight.noise.full(first, groups) if mirrored else self._rows((weight.noise.full(0, last),))[0]
+            plan.eps = self._per_group(weight.noise.full(0, self._pair_end))  # (G, m, n)
             plan.signs = signs
             plan.alpha = weight.sigma
         if bias is not None:
-            beta = bias.noise.full(first, groups) if mirrored else self._rows((bias.noise.full(0, last),))[0]
+            beta = self._per_group(bias.noise.full(0, self._pair_end))  # (G, m)
             if signs is not None:
                 beta = beta * signs.to(beta.dtype).view(-1, 1)
             plan.beta = beta.view(groups, 1, 1, -1)  # (G, 1, 1, m), a view for a regular slice
             plan.sigma_b = bias.sigma
         return plan
 
-    def _rows(self, views: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-        """Each member's row of per-pair noise views: a view when pairs are consecutive (no antithetic
-        sampling), an indexed copy for an irregular antithetic slice (odd size or odd start)."""
+    @property
+    def _pair_end(self) -> int:
+        """One past the last pair this slice touches."""
+        end = self.info.start + self.info.size
+        return (end + 1) // 2 if self.antithetic else end
+
+    def _per_group(self, view: Tensor) -> Tensor:
+        """Rows of a per-pair noise view (pairs 0 ..) for this slice's groups: a view for a mirrored
+        slice (group = pair) or without antithetic sampling (group = member = pair), an indexed copy for
+        an irregular antithetic slice (odd size or odd start: group = member)."""
+        if self.paired:
+            return view[self.info.start // 2 : self._pair_end]
         if not self.antithetic:
-            start, k = self.info.start, self.info.size
-            return tuple(v[start : start + k] for v in views)
-        return tuple(v[self._members[0]] for v in views)
+            return view[self.info.start : self.info.start + self.info.size]
+        return view[self._members[0]]
 
     # --------------------------------------------------------------------------- generic path
     def _member_params(self, module: nn.Module) -> dict[str, Tensor]:
@@ -364,8 +368,6 @@ class population_mode:
                 return torch.func.functional_call(module, params, member_args, kwargs, strict=False)
 
             with _suspended():
-                return torch.func.vmap(one_member, in_dims=in_dims, randomness="different")(
-                    stacked, *args
-                )
+                return torch.func.vmap(one_member, in_dims=in_dims, randomness="different")(stacked, *args)
 
         return forward

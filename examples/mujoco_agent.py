@@ -159,11 +159,11 @@ class LockstepEnvs:
     worker that has unfinished environments. A finished member is not stepped again (its reward is 0)
     until the next reset.
 
-    Why not ``gymnasium.vector``: on HalfCheetah-v5 with 33 environments on this 2-core machine,
-    ``SyncVectorEnv`` steps ~10 k steps/s and ``AsyncVectorEnv`` ~3.5 k (per-env pipe traffic), against
-    ~14 k for one bare environment and ~25 k for this stepper split over the main process and one worker
-    (measured on an idle machine). Vector envs also reset finished members automatically and cannot leave
-    them alone, so on Hopper/Walker2d/Ant they would keep simulating members whose episode is over.
+    Why not ``gymnasium.vector`` (``benchmarks/mujoco_stepping.py`` times the options): on HalfCheetah-v5 with
+    33 environments on this 2-core machine, ``SyncVectorEnv`` stepped ~0.6x and ``AsyncVectorEnv`` ~0.35x
+    as fast as one bare environment (per-env pipe traffic), this stepper ~0.8x in one process and ~1x or
+    more split over the main process and one worker. Vector envs also reset finished members automatically
+    and cannot leave them alone, so on Hopper/Walker2d/Ant they would keep simulating finished members.
 
     Load balancing: lockstep stepping across processes is only as fast as the slowest process, and on a
     shared machine a process often waits for a core. Measured here (33 envs, random actions): split 17/16
