@@ -299,17 +299,14 @@ def write_results(args: Args, sweep, build, fresh, grid_rows, header: str, elaps
     write_csv(args.out_dir / f"{stem}_fresh.csv", fresh)
     write_csv(args.out_dir / f"{stem}_grid.csv", grid_rows)
     cmd = "python benchmarks/noise_table.py" + (" --quick" if args.quick else "")
+    # Headless Markdown (bold captions, tables): docs/benchmarks.md includes this file verbatim.
     lines = [
-        "# Noise table: size, quality and cost",
+        f"`{cmd}` ({elapsed / 60:.1f} min, {args.seeds} seeds per configuration) on {header}.",
         "",
-        f"Command: `{cmd}` ({elapsed / 60:.1f} min, {args.seeds} seeds per configuration).  ",
-        f"Machine: {header}.",
-        "",
-        f"## Table size vs estimate quality (MLP {'-'.join(map(str, WIDTHS))}, N = 16384, r = 1)",
-        "",
-        "cos(ĝ, g) for a fitness linear in θ (mean ± std over seeds); stride and overlap of consecutive "
-        "pairs' windows for the 32×32 weight (64 values per member); |corr| between the rank-1 "
-        "perturbations of 512 consecutive pairs.",
+        f"**Table size vs estimate quality** (MLP {'-'.join(map(str, WIDTHS))}, N = 16384, r = 1): cos(ĝ, g) "
+        "for a fitness linear in θ (mean ± std over seeds); stride and overlap of consecutive pairs' windows "
+        "for the 32×32 weight (64 values per member); |corr| between the rank-1 perturbations of 512 "
+        "consecutive pairs.",
         "",
         "| table (values) | MB | stride | overlap | cos(ĝ, g) | mean \\|corr\\| | max \\|corr\\| |",
         "|---|---:|---:|---:|---:|---:|---:|",
@@ -326,7 +323,7 @@ def write_results(args: Args, sweep, build, fresh, grid_rows, header: str, elaps
         )
     lines += [
         "",
-        "## Building the table vs fresh Gaussians every generation",
+        "**Building the table** (once per seed) **vs drawing fresh Gaussians every generation:**",
         "",
         "| table (values) | MB | build (ms, once per seed) |",
         "|---|---:|---:|",
@@ -347,7 +344,7 @@ def write_results(args: Args, sweep, build, fresh, grid_rows, header: str, elaps
     ]
     lines += [
         "",
-        f"## cos(ĝ, g) vs N and r (default table, MLP {'-'.join(map(str, WIDTHS))}, D = 1732)",
+        f"**cos(ĝ, g) vs N and r** (default table, MLP {'-'.join(map(str, WIDTHS))}, D = 1732):",
         "",
         "| N | r | cos(ĝ, g) | i.i.d. full-rank reference 1/√(1 + (D+1)/P) |",
         "|---:|---:|---:|---:|",
