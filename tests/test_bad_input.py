@@ -5,8 +5,8 @@ import warnings
 
 import pytest
 import torch
-
 from conftest import make_data, make_model, neg_mse, neg_mse_batched, params_of, same
+
 from eggroll_trainer import EGGROLLTrainer, VanillaESTrainer
 
 

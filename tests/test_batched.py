@@ -4,9 +4,9 @@ import copy
 
 import pytest
 import torch
+from conftest import make_data, make_model, neg_mse, neg_mse_batched, params_of
 from torch import nn
 
-from conftest import make_data, make_model, neg_mse, neg_mse_batched, params_of
 from eggroll_trainer import EGGROLLTrainer, VanillaESTrainer, current_population
 
 

@@ -1,8 +1,8 @@
 """The perturbations members see: mirrored, low rank, distinct per parameter, keyed by the seed."""
 
 import torch
-
 from conftest import Recorder, make_model, params_of
+
 from eggroll_trainer import EGGROLLTrainer, VanillaESTrainer
 
 

@@ -5,9 +5,9 @@ import math
 
 import pytest
 import torch
+from conftest import Recorder, make_data, make_model, neg_mse, neg_mse_batched, params_of, same
 from torch import nn
 
-from conftest import Recorder, make_data, make_model, neg_mse, neg_mse_batched, params_of, same
 from eggroll_trainer import EGGROLLTrainer, ESTrainer, VanillaESTrainer, current_population
 
 
