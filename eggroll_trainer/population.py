@@ -100,31 +100,30 @@ class _LinearNoise:
     groups: int  # G
     mirrors: int  # S ∈ {1, 2}
     a_t: Tensor | None = None  # (G, r, m) Aᵀ (sign folded in when S = 1)
-    b_t: Tensor | None = None  # (G, r, n) Bᵀ
+    b: Tensor | None = None  # (G, n, r) B, a transposed view of Bᵀ
     eps: Tensor | None = None  # (G, m, n) full-rank weight noise
     signs: Tensor | None = None  # (G,) signs for ``eps`` when S = 1 (None: all +1)
     alpha: float = 0.0  # σ/√r (low rank) or σ (full rank)
-    beta: Tensor | None = None  # (G, 1, 1, m) bias noise β_k (sign folded in when S = 1)
+    beta: Tensor | None = None  # (G, 1, m) bias noise β_k (sign folded in when S = 1)
     sigma_b: float = 0.0
 
 
 def _add_low_rank(y: Tensor, x: Tensor, plan: _LinearNoise, rows: int) -> None:
     """y (G, S, rows, m) += α s_i (x_i B_k) A_kᵀ for every member, in place; O(rows·r·(m + n)) each."""
-    a_t, b_t = plan.a_t, plan.b_t
-    assert a_t is not None and b_t is not None
-    g, s, m, n = plan.groups, plan.mirrors, y.shape[-1], x.shape[-1]
-    r = a_t.shape[1]
+    a_t, b = plan.a_t, plan.b
+    assert a_t is not None and b is not None
+    g, s, n, r = plan.groups, plan.mirrors, x.shape[-1], b.shape[-1]
     if x.stride(0) == 0:  # shared input (x.expand(N, ...)): no copy of x, one x B per pair
         # A batched product over a stride-0 batch (not one wide GEMM), so that a member's numbers do not
         # depend on how the population is sliced into chunks or ranks.
-        xb = torch.bmm(x[0].reshape(rows, n).expand(g, rows, n), b_t.transpose(1, 2))  # (G, rows, r)
+        xb = torch.bmm(x[0].reshape(rows, n).expand(g, rows, n), b)  # (G, rows, r)
         for t in range(s):  # both mirrors see the same x: the second takes -α
             _outer_add(y[:, t], xb, a_t, -plan.alpha if t else plan.alpha, r)
         return
-    xb = torch.bmm(x.reshape(g, s * rows, n), b_t.transpose(1, 2))  # (G, S·rows, r)
+    xb = torch.bmm(x.reshape(g, s * rows, n), b)  # (G, S·rows, r)
     if s == 2:
-        xb.view(g, 2, rows * r)[:, 1].neg_()  # mirror members take -E
-    _outer_add(y.view(g, s * rows, m), xb, a_t, plan.alpha, r)
+        xb[:, rows:].neg_()  # mirror members take -E
+    _outer_add(y.view(g, s * rows, -1), xb, a_t, plan.alpha, r)
 
 
 def _outer_add(y: Tensor, xb: Tensor, a_t: Tensor, alpha: float, r: int) -> None:
@@ -277,24 +276,26 @@ class population_mode:
         if _is_suspended():
             return None
         x = args[0]
-        self._check_leading(module, x)
-        self.calls[id(module)] = self.calls.get(id(module), 0) + 1
-        plan = self._plans.get(id(module))
+        if x.dim() < 2 or x.shape[0] != self.info.size:
+            self._check_leading(module, x)  # raises
+        key = id(module)
+        self.calls[key] = self.calls.get(key, 0) + 1
+        plan = self._plans.get(key)
         if plan is None:  # once per context: RL calls the same layer every environment step
-            plan = self._plans[id(module)] = self._plan_linear(module)
-        g, s = plan.groups, plan.mirrors
-        m, n = module.out_features, module.in_features
+            plan = self._plans[key] = self._plan_linear(module)
+        g, s, m = plan.groups, plan.mirrors, out.shape[-1]
         rows = out.numel() // (g * s * m)
-        y = out.reshape(g, s, rows, m)  # member (group j, mirror t) = member j·s + t
+        in_place = out.is_contiguous()  # nn.Linear's output always is: y is a view, out is updated
+        y = out.view(g, s, rows, m) if in_place else out.reshape(g, s, rows, m)  # member j·s + t at (j, t)
         if plan.a_t is not None:
             _add_low_rank(y, x, plan, rows)
         elif plan.eps is not None:
-            _add_full_rank(y, x.reshape(g, s, rows, n), plan)
-        if plan.beta is not None:  # (G, 1, 1, m): y_i += σ_b s_i β_k
-            y[:, 0].add_(plan.beta[:, 0], alpha=plan.sigma_b)
+            _add_full_rank(y, x.reshape(g, s, rows, x.shape[-1]), plan)
+        if plan.beta is not None:  # y_i += σ_b s_i β_k
+            y[:, 0].add_(plan.beta, alpha=plan.sigma_b)
             if s == 2:
-                y[:, 1].sub_(plan.beta[:, 0], alpha=plan.sigma_b)
-        return y.view(out.shape)
+                y[:, 1].sub_(plan.beta, alpha=plan.sigma_b)
+        return None if in_place else y.view(out.shape)
 
     def _plan_linear(self, module: nn.Linear) -> _LinearNoise:
         """This slice's noise for one Linear, as table views (or, for an irregular slice, cached copies).
@@ -310,7 +311,7 @@ class population_mode:
         if weight is not None and weight.noise.spec.low_rank:
             a_t, b_t = (self._per_group(view) for view in weight.noise.factors_t(0, self._pair_end))
             plan.a_t = a_t if signs is None else a_t * signs.to(a_t.dtype).view(-1, 1, 1)  # (G, r, m)
-            plan.b_t = b_t  # (G, r, n)
+            plan.b = b_t.transpose(1, 2)  # (G, n, r)
             plan.alpha = weight.sigma / math.sqrt(weight.noise.spec.rank)
         elif weight is not None:  # full-rank weight noise (VanillaESTrainer)
             plan.eps = self._per_group(weight.noise.full(0, self._pair_end))  # (G, m, n)
@@ -320,7 +321,7 @@ class population_mode:
             beta = self._per_group(bias.noise.full(0, self._pair_end))  # (G, m)
             if signs is not None:
                 beta = beta * signs.to(beta.dtype).view(-1, 1)
-            plan.beta = beta.view(groups, 1, 1, -1)  # (G, 1, 1, m), a view for a regular slice
+            plan.beta = beta.unsqueeze(1)  # (G, 1, m), a view for a regular slice
             plan.sigma_b = bias.sigma
         return plan
 
