@@ -19,8 +19,8 @@ SGD and lr = 1 moves θ by the ES estimate ĝ; we report cos(ĝ, g), mean ± std
    full-rank reference 1/√(1 + (D+1)/P) (P = N/2 antithetic pairs, D = |θ|).
 
 Run:
-    python benchmarks/noise_table.py            # ~3 min on 2 cores
-    python benchmarks/noise_table.py --quick    # ~1 min
+    python benchmarks/noise_table.py            # under a minute on 2 idle cores
+    python benchmarks/noise_table.py --quick    # fewer seeds and sizes
 Writes ``benchmarks/results/noise_table{,_quick}.md`` and ``.csv``.
 """
 

@@ -20,9 +20,11 @@ Both packages are given the same fitness function, which scores one row per call
 and runs under ``torch.no_grad()`` (0.1.0 does not disable autograd itself; this is its best case).
 
 Run:
-    python benchmarks/population_forward.py            # full run (~10 min on 2 cores)
-    python benchmarks/population_forward.py --quick    # ~2 min
-Writes ``benchmarks/results/population_forward{,_quick}.md`` and ``.csv``.
+    python benchmarks/population_forward.py              # full run (~2 min on 2 cores)
+    python benchmarks/population_forward.py --threads 1  # the same on one thread
+    python benchmarks/population_forward.py --quick      # ~1 min
+Writes ``benchmarks/results/population_forward{_quick}{_t<threads>}.md`` (timings, included by
+docs/benchmarks.md), ``…_memory.md`` and the CSVs.
 """
 
 from __future__ import annotations
