@@ -145,7 +145,9 @@ def main() -> None:
     lines = [
         f"**MuJoCo results: EGGROLL, linear policy, {args.env_steps:,} environment steps per run**",
         "",
-        f"`python benchmarks/mujoco_table.py --env-steps {args.env_steps} --seeds {' '.join(map(str, args.seeds))}` "
+        f"`python benchmarks/mujoco_table.py --env-steps {args.env_steps} --seeds {' '.join(map(str, args.seeds))}"
+        + (" --evotorch-python PATH" if args.evotorch_python else "")
+        + "` "
         f"on {platform.machine()} with {os.cpu_count()} CPU cores (shared with other jobs), "
         f"{time.strftime('%Y-%m-%d')}. Defaults of `examples/mujoco_agent.py` (N=32, σ=0.03, Adam lr=0.02, rank 1).",
         "",

@@ -223,7 +223,8 @@ def ranks(tmp_path_factory):
 
 
 def close(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
-    return all(torch.allclose(x, y, rtol=1e-5, atol=1e-6) for x, y in zip(a, b, strict=True))
+    # 1- and 2-process runs sum in different orders: they agree to ~1e-6 (float32), so allow 1e-5.
+    return all(torch.allclose(x, y, rtol=1e-5, atol=1e-5) for x, y in zip(a, b, strict=True))
 
 
 def identical(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
