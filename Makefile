@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH)"
-	$(BIN)/pip install --quiet -e ".[examples,docs,dev]"
+	$(BIN)/pip install --quiet -e ".[examples,docs,dev,llm]"
 	touch $(STAMP)
 
 setup: $(STAMP)

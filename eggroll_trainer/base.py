@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import secrets
@@ -82,6 +83,8 @@ class ESTrainer(torch.optim.Optimizer):
             [`current_population`][eggroll_trainer.current_population]); ``fitness_fn`` then returns one
             score per member.
         chunk_size: with ``batched=True``, members per population-mode call (bounded memory).
+        batch_dim: with ``batched=True``, the dimension of activations that holds the K·b rows (0 for
+            batch-first models and Hugging Face; 1 for sequence-first ones, ``batch_first=False``).
         noise_table_size: values in the shared noise table (default: sized from the model, ≤ 2^25).
     """
 
@@ -111,6 +114,7 @@ class ESTrainer(torch.optim.Optimizer):
         max_speed: float | None = None,
         batched: bool = False,
         chunk_size: int | None = None,
+        batch_dim: int = 0,
         noise_table_size: int | None = None,
     ) -> None:
         if lr is not None and learning_rate not in (0.01, lr):
@@ -139,6 +143,7 @@ class ESTrainer(torch.optim.Optimizer):
         _check(_is_real(eps) and eps >= 0, f"Invalid eps: {eps}")
         _check(max_speed is None or (_is_real(max_speed) and max_speed > 0), f"Invalid max_speed: {max_speed}")
         _check(chunk_size is None or (_is_int(chunk_size) and chunk_size >= 1), f"Invalid chunk_size: {chunk_size}")
+        _check(batch_dim in (0, 1), f"Invalid batch_dim: {batch_dim!r} (0: batch-first, 1: sequence-first)")
         _check(
             noise_table_size is None or (_is_int(noise_table_size) and noise_table_size >= 2),
             f"Invalid noise_table_size: {noise_table_size}",
@@ -167,6 +172,7 @@ class ESTrainer(torch.optim.Optimizer):
         self.noise_reuse = int(noise_reuse)
         self.batched = bool(batched)
         self.chunk_size = chunk_size
+        self.batch_dim = batch_dim
         params_list = self._all_params()
         _check(len(params_list) > 0, "Invalid params: the trainer got no parameters")
         self.device = torch.device(device) if device is not None else params_list[0].device
@@ -176,7 +182,7 @@ class ESTrainer(torch.optim.Optimizer):
             _check(not batched, "Invalid batched: flat-vector subclasses (sample_perturbations) evaluate sequentially")
             self._specs: list[NoiseSpec | None] = [None for _ in params_list]
         else:
-            self._specs = [self._noise_spec(p) for p in params_list]
+            self._specs = [_with_padding_rows(self._noise_spec(p), p, model) for p in params_list]
         lengths = [s.length for s in self._specs if s is not None]
         pairs = num_pairs(self.population_size, self.antithetic)
         self.noise_table_size = noise_table_size or default_table_size(lengths, pairs)
@@ -487,7 +493,9 @@ class ESTrainer(torch.optim.Optimizer):
         parts = []
         for first in range(start, start + count, chunk):
             size = min(chunk, start + count - first)
-            with population_mode(self.model, perturbed, first, size, self.population_size, self.antithetic) as pm:
+            with population_mode(
+                self.model, perturbed, first, size, self.population_size, self.antithetic, self.batch_dim
+            ) as pm:
                 out = closure() if closure is not None else self.fitness_fn(self.model)  # type: ignore[misc]
             if first == start:
                 pm.warn_unused()
@@ -614,6 +622,18 @@ class ESTrainer(torch.optim.Optimizer):
 
 
 # ------------------------------------------------------------------------------------ helpers
+def _with_padding_rows(spec: NoiseSpec | None, param: Tensor, model: nn.Module) -> NoiseSpec | None:
+    """An ``nn.Embedding``'s ``padding_idx`` row is never perturbed nor updated (as autograd never updates it)."""
+    if spec is None:
+        return None
+    rows = {
+        m.padding_idx % param.shape[0]
+        for m in model.modules()
+        if isinstance(m, nn.Embedding) and m.weight is param and m.padding_idx is not None
+    }
+    return dataclasses.replace(spec, zero_rows=tuple(sorted(rows))) if rows else spec
+
+
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ValueError(message)

@@ -15,12 +15,14 @@ from .noise import NoiseSpec
 class EGGROLLTrainer(ESTrainer):
     r"""EGGROLL: Evolution Guided General Optimization via Low-rank Learning.
 
-    A 2-D weight $W \in \mathbb R^{m\times n}$ gets the low-rank perturbation
+    A weight $W \in \mathbb R^{m\times n}$ gets the low-rank perturbation
 
     $$E_k = \frac{1}{\sqrt r} A_k B_k^\top,\qquad A_k \in \mathbb R^{m\times r},\ B_k \in \mathbb R^{n\times r},
     \ \text{entries i.i.d. } \mathcal N(0, 1),$$
 
-    every other parameter full-rank noise (or none, with `freeze_nonlora=True`). The estimate
+    A tensor of more dimensions (a convolution kernel (out, in, kh, kw)) is read as the matrix
+    out × (in·kh·kw); 1-D parameters (biases, norm weights) get full-rank noise, or none with
+    `freeze_nonlora=True`. The estimate
 
     $$\hat g_W = \frac{1}{N\sigma} \sum_i \tilde f_i\, s_i E_{k(i)}
              = \frac{1}{N\sigma\sqrt r}\,\big[\tilde w_1 A_1 \cdots \tilde w_P A_P\big]\,
@@ -44,7 +46,8 @@ class EGGROLLTrainer(ESTrainer):
             eggroll-trainer 0.1.0 also switched antithetic sampling with this flag; here that is
             `antithetic` (on by default).
         group_size: G > 0 subtracts each block's mean and divides by the global std (G must divide N).
-        freeze_nonlora: if True, parameters that are not 2-D are neither perturbed nor updated.
+        freeze_nonlora: if True, parameters without low-rank noise (those of fewer than 2 dimensions:
+            biases, norm weights) are neither perturbed nor updated.
         device: if given, the model is moved there; otherwise the parameters' device is used.
         seed: noise seed; `None` draws one (never from torch's global RNG).
         **options: the keyword-only arguments of [`ESTrainer`][eggroll_trainer.ESTrainer] (`lr`,
@@ -77,6 +80,6 @@ class EGGROLLTrainer(ESTrainer):
         )  # fmt: skip
 
     def _noise_spec(self, param: Tensor) -> NoiseSpec | None:
-        if param.dim() == 2:
+        if param.dim() >= 2:  # a matrix, or a kernel read as out × (in·kh·kw)
             return NoiseSpec(param.shape, rank=self.rank)
         return None if self.freeze_nonlora else NoiseSpec(param.shape, rank=None)

@@ -93,20 +93,34 @@ def num_pairs(population_size: int, antithetic: bool) -> int:
 
 @dataclass(frozen=True)
 class NoiseSpec:
-    """How one parameter is perturbed: ``rank`` r ≥ 1 for low-rank ``A Bᵀ/√r`` (2-D only), else full."""
+    """How one parameter is perturbed: ``rank`` r ≥ 1 for low-rank ``A Bᵀ/√r``, ``None`` for full rank.
+
+    A low-rank tensor of more than two dimensions (a convolution kernel (out, in, kh, kw)) is read as the
+    matrix ``shape[0] × prod(shape[1:])``. ``zero_rows`` lists rows that are never perturbed nor updated
+    (an ``nn.Embedding``'s ``padding_idx``)."""
 
     shape: torch.Size
     rank: int | None
+    zero_rows: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.rank is not None and len(self.shape) < 2:
+            raise ValueError(f"low-rank noise needs a tensor of 2 or more dimensions, got shape {tuple(self.shape)}")
 
     @property
     def low_rank(self) -> bool:
         return self.rank is not None
 
     @property
+    def matrix_shape(self) -> tuple[int, int]:
+        """(m, n): the matrix a low-rank perturbation lives in (``shape[0] × prod(shape[1:])``)."""
+        return int(self.shape[0]), math.prod(self.shape[1:])
+
+    @property
     def length(self) -> int:
         """Table values one member's noise occupies: (m + n)·r for low rank, numel for full rank."""
         if self.rank is not None:
-            m, n = self.shape
+            m, n = self.matrix_shape
             return (m + n) * self.rank
         return math.prod(self.shape)
 
@@ -152,10 +166,18 @@ class ParamNoise:
 
     def factors_t(self, first: int = 0, count: int = 1) -> tuple[Tensor, Tensor]:
         """The transposed factors as stored: Aᵀ (count, r, m), Bᵀ (count, r, n) — views."""
-        m, n = self.spec.shape
+        m, n = self.spec.matrix_shape
         r = self.spec.rank
         assert r is not None
         return self._window(first, count, 0, (r, m)), self._window(first, count, m * r, (r, n))
+
+    def masked_a_t(self, a_t: Tensor) -> Tensor:
+        """Aᵀ (…, r, m) with the columns of ``zero_rows`` zeroed (a copy), or ``a_t`` itself if none."""
+        if not self.spec.zero_rows:
+            return a_t
+        a_t = a_t.clone()
+        a_t[..., list(self.spec.zero_rows)] = 0
+        return a_t
 
     def full(self, first: int = 0, count: int = 1) -> Tensor:
         """Full-rank noise of pairs ``first .. first+count-1``: (count, *shape) — a view."""
@@ -164,20 +186,27 @@ class ParamNoise:
     def dense(self, pairs: Tensor, signs: Tensor) -> Tensor:
         """Materialised E for the given pairs: (K, *shape) with E_k = s_k A_k B_kᵀ/√r or s_k ε_k.
 
-        O(K·|θ_j|) — only for the generic (non-Linear) population path and for single members."""
+        O(K·|θ_j|) — for parameters a forward uses directly (activation-sized) and for single members."""
         if self.spec.low_rank:
-            a, b = self.factors(0, int(pairs.max()) + 1)
-            a, b = a[pairs], b[pairs]  # (K, m, r), (K, n, r)
-            scale = signs.to(a.dtype).view(-1, 1, 1) / math.sqrt(self.spec.rank)
-            return torch.bmm(a * scale, b.transpose(1, 2))  # (K, m, n)
+            a_t, b_t = self.factors_t(0, int(pairs.max()) + 1)
+            a_t, b_t = self.masked_a_t(a_t[pairs]), b_t[pairs]  # (K, r, m), (K, r, n)
+            scale = signs.to(a_t.dtype).view(-1, 1, 1) / math.sqrt(self.spec.rank)
+            return torch.bmm((a_t * scale).transpose(1, 2), b_t).view(-1, *self.spec.shape)  # (K, *shape)
         eps = self.full(0, int(pairs.max()) + 1)[pairs]
-        return eps * signs.to(eps.dtype).view(-1, *([1] * len(self.spec.shape)))
+        eps = eps * signs.to(eps.dtype).view(-1, *([1] * len(self.spec.shape)))
+        if self.spec.zero_rows:
+            eps[:, list(self.spec.zero_rows)] = 0
+        return eps
 
     def perturb_(self, param: Tensor, pair: int, alpha: float) -> None:
         """In place: ``param += alpha · E_pair`` (alpha = ±σ), without materialising more than one E."""
         if self.spec.low_rank:
-            a, b = self.factors(pair, 1)
-            param.addmm_(a[0], b[0].T, alpha=alpha / math.sqrt(self.spec.rank))
+            a_t, b_t = self.factors_t(pair, 1)
+            a = self.masked_a_t(a_t[0]).T  # (m, r)
+            matrix = param if param.dim() == 2 else param.view(self.spec.matrix_shape)
+            matrix.addmm_(a, b_t[0], alpha=alpha / math.sqrt(self.spec.rank))
+        elif self.spec.zero_rows:
+            param.add_(self.dense(torch.tensor([pair]), torch.tensor([1.0]))[0], alpha=alpha)
         else:
             param.add_(self.full(pair, 1)[0], alpha=alpha)
 
@@ -195,7 +224,7 @@ class ParamNoise:
             count = min(chunk, total - first)
             w = weights[first : first + count]
             if self.spec.low_rank:
-                m, n = self.spec.shape
+                m, n = self.spec.matrix_shape
                 r = self.spec.rank
                 a_t, b_t = self.factors_t(first, count)  # (c, r, m), (c, r, n)
                 if count * r * (m + n) <= _STACKED_UPDATE_VALUES:
@@ -215,4 +244,6 @@ class ParamNoise:
         assert out is not None
         if self.spec.low_rank and self.spec.rank > 1:
             out.div_(math.sqrt(self.spec.rank))
-        return out
+        if self.spec.zero_rows:
+            out[list(self.spec.zero_rows)] = 0
+        return out.view(self.spec.shape)
