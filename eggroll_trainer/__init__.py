@@ -3,7 +3,7 @@
 from .base import ESTrainer
 from .eggroll import EGGROLLTrainer
 from .population import PopulationInfo, current_population
-from .shaping import centered_rank, group_normalize, raw, zscore
+from .shaping import centered_rank, elite_pairs, group_normalize, raw, zscore
 from .vanilla import VanillaESTrainer
 
 __all__ = [
@@ -16,5 +16,6 @@ __all__ = [
     "centered_rank",
     "raw",
     "group_normalize",
+    "elite_pairs",
 ]
 __version__ = "0.2.0"

@@ -69,6 +69,10 @@ class ESTrainer(torch.optim.Optimizer):
         fitness_shaping: ``"zscore"``, ``"centered_rank"``, ``"raw"`` or a callable ``(N,) -> (N,)``.
         group_size: if > 0, subtract the mean of each block of G consecutive members and divide by the
             global std (must divide N).
+        elite_k: if > 0, only the ``elite_k`` antithetic pairs whose best member ranks highest contribute,
+            rescaled by the std of their 2·elite_k weights (ARS' top-b directions; see
+            [`elite_pairs`][eggroll_trainer.elite_pairs]). Applied after ``fitness_shaping`` and
+            ``group_size``; needs ``antithetic=True`` and an even N. 0: every pair (default).
         noise_reuse: k ≥ 2 keeps the same noise for k consecutive generations; 0 or 1: fresh noise each
             generation. (eggroll-trainer 0.1.0 used this flag for antithetic sampling: see ``antithetic``.)
         optimizer: rule applying ĝ: ``"sgd"`` (default), ``"adam"``, ``"adamw"`` or ``"clipup"``.
@@ -103,6 +107,7 @@ class ESTrainer(torch.optim.Optimizer):
         antithetic: bool = True,
         fitness_shaping: str | ShapingFn = "zscore",
         group_size: int = 0,
+        elite_k: int = 0,
         noise_reuse: int = 0,
         optimizer: str = "sgd",
         momentum: float = 0.0,
@@ -148,6 +153,11 @@ class ESTrainer(torch.optim.Optimizer):
             noise_table_size is None or (_is_int(noise_table_size) and noise_table_size >= 2),
             f"Invalid noise_table_size: {noise_table_size}",
         )
+        _check(
+            _is_int(elite_k) and 0 <= elite_k <= population_size // 2 and (elite_k == 0 or antithetic),
+            f"Invalid elite_k: {elite_k} (0: off; else 1 ≤ elite_k ≤ N/2 pairs, with antithetic=True)",
+        )
+        _check(elite_k == 0 or population_size % 2 == 0, f"Invalid elite_k: {elite_k} needs an even N")
         shaping = resolve_shaping(fitness_shaping)
 
         defaults = dict(
@@ -169,6 +179,7 @@ class ESTrainer(torch.optim.Optimizer):
         self.fitness_shaping = fitness_shaping
         self._shaping = shaping
         self.group_size = int(group_size)
+        self.elite_k = int(elite_k)
         self.noise_reuse = int(noise_reuse)
         self.batched = bool(batched)
         self.chunk_size = chunk_size
@@ -301,7 +312,7 @@ class ESTrainer(torch.optim.Optimizer):
         scores = self._evaluate(noises, closure)  # (N,) float64, higher is better
         finite = self._check_finite(scores)
         best = self._best_candidate(scores, noises)  # built from θ before it moves
-        shaped = shape_fitness(scores, self._shaping, self.group_size)
+        shaped = shape_fitness(scores, self._shaping, self.group_size, self.elite_k)
         pairs, signs = member_pairs(0, self.population_size, self.antithetic, torch.device("cpu"))
         # Σ_i f̃_i s_i E_k(i) = Σ_k w_k E_k with w_k = Σ_{i in pair k} s_i f̃_i
         pair_weights = torch.zeros(num_pairs(self.population_size, self.antithetic), dtype=torch.float64)

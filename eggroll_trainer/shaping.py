@@ -9,6 +9,9 @@
 block of G consecutive members, divide by the *global* std. Applied after a shaping function, so with
 ``zscore`` it equals HyperscaleES' ``(f - mean_group f) / std f``.
 
+``elite_pairs`` keeps only the best ``k`` antithetic pairs (ARS' top-b directions, Mania et al. 2018):
+applied last, to the shaped (and group-normalised) weights, so it composes with every option above.
+
 Non-finite scores are replaced before shaping by ``finite_or_worst``: they rank below every finite score.
 """
 
@@ -72,6 +75,43 @@ def group_normalize(weights: Tensor, group_size: int) -> Tensor:
     return centered / (global_std + _EPS)
 
 
+def elite_pairs(weights: Tensor, k: int) -> Tensor:
+    r"""ARS' top-b directions: keep the ``k`` antithetic pairs with the best $\max(w^+, w^-)$, zero the rest.
+
+    Members $2j$ and $2j+1$ are pair $j$ (signs $+1$/$-1$). The $2k$ kept weights are centred and divided
+    by their (population) standard deviation $\sigma_R$, then multiplied by $N/(2k)$; every other member
+    gets weight 0. The trainer's estimate $\frac{1}{N\sigma}\sum_i \tilde f_i s_i E_i$ then becomes
+
+    $$\hat g = \frac{1}{2k\,\sigma} \sum_{j \in \text{top } k} \frac{w_j^+ - w_j^-}{\sigma_R} E_j,$$
+
+    ARS' update direction $\frac{1}{b\,\sigma_R}\sum (r^+ - r^-)\delta$ divided by $2\sigma$ (so ARS' step
+    size α is ``lr = 2 σ α`` with plain SGD). With ``raw`` or ``zscore`` weights this is exactly ARS (a
+    pair's difference over the std of the kept returns; centring does not change a difference); with
+    ``centered_rank`` the kept members' ranks are used; with ``k = N/2`` it equals ``zscore``. Pairs rank by
+    their best member, ties by pair index; a non-finite weight ranks worst (``finite_or_worst``).
+
+    Args:
+        weights: (N,) shaped fitness, N even, members 2j and 2j+1 antithetic.
+        k: pairs kept, 1 ≤ k ≤ N/2.
+
+    Returns:
+        (N,) weights: zero outside the kept pairs.
+    """
+    n = weights.numel()
+    if n % 2 or not 1 <= k <= n // 2:
+        raise ValueError(f"Invalid elite_k: {k} (needs 1 ≤ elite_k ≤ N/2 = {n / 2:g} with an even N = {n})")
+    pairs = finite_or_worst(weights)[0].view(n // 2, 2)  # (P, 2): row j = (w⁺, w⁻)
+    order = torch.argsort(pairs.max(dim=1).values, descending=True, stable=True)  # (P,)
+    keep = torch.zeros(n // 2, dtype=torch.bool, device=weights.device)
+    keep[order[:k]] = True
+    kept = pairs[keep]  # (k, 2)
+    centered = kept - kept.mean()
+    scaled = centered / (centered.pow(2).mean().sqrt() + _EPS) * (n / (2 * k))
+    out = torch.zeros_like(pairs)
+    out[keep] = scaled
+    return out.view(n)
+
+
 def finite_or_worst(scores: Tensor) -> tuple[Tensor, Tensor]:
     """Replace NaN/±inf by a value below every finite score. Returns (clean scores, finite mask).
 
@@ -85,8 +125,9 @@ def finite_or_worst(scores: Tensor) -> tuple[Tensor, Tensor]:
     return torch.where(finite, scores, worst), finite
 
 
-def shape_fitness(scores: Tensor, shaping: ShapingFn, group_size: int = 0) -> Tensor:
-    """The full pipeline: non-finite → worst, shaping, then optional group normalisation."""
+def shape_fitness(scores: Tensor, shaping: ShapingFn, group_size: int = 0, elite_k: int = 0) -> Tensor:
+    """The full pipeline: non-finite → worst, shaping, optional group normalisation, then (``elite_k > 0``)
+    only the best ``elite_k`` antithetic pairs kept (``elite_pairs``)."""
     clean, _ = finite_or_worst(scores)
     weights = shaping(clean)
     if weights.shape != clean.shape:
@@ -95,4 +136,6 @@ def shape_fitness(scores: Tensor, shaping: ShapingFn, group_size: int = 0) -> Te
         )
     if group_size > 0:
         weights = group_normalize(weights, group_size)
+    if elite_k > 0:
+        weights = elite_pairs(weights, elite_k)
     return weights

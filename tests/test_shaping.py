@@ -6,8 +6,9 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import nn
 
-from eggroll_trainer import centered_rank, group_normalize, raw, zscore
+from eggroll_trainer import VanillaESTrainer, centered_rank, elite_pairs, group_normalize, raw, zscore
 from eggroll_trainer.shaping import finite_or_worst, resolve_shaping, shape_fitness
 
 T = lambda *v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
@@ -87,7 +88,9 @@ def test_group_normalize_zero_mean_per_group(groups, size, data):
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.one_of(finite_floats, st.just(float("nan")), st.just(float("-inf"))), min_size=2, max_size=30))
+@given(
+    st.lists(st.one_of(finite_floats, st.just(float("nan")), st.just(float("-inf"))), min_size=2, max_size=30)
+)
 def test_non_finite_never_outranks_finite(values):
     scores = T(*values)
     finite = torch.isfinite(scores)
@@ -97,3 +100,97 @@ def test_non_finite_never_outranks_finite(values):
     assert torch.isfinite(clean).all()
     if (~finite).any():
         assert clean[~finite].max() < clean[finite].min()
+
+
+# ------------------------------------------------------------------------- ARS top-b directions
+NAN = float("nan")
+
+
+def test_elite_pairs_by_hand():
+    # pairs (1, 5), (2, 0), (4, 3), (NaN, 1): best members 5, 2, 4, 1; k = 2 keeps pairs 0 and 2.
+    out = elite_pairs(T(1.0, 5.0, 2.0, 0.0, 4.0, 3.0, NAN, 1.0), 2)
+    kept = T(1.0, 5.0, 4.0, 3.0)  # mean 3.25, population std √2.1875; times N / 2k = 2
+    expected = (kept - 3.25) / math.sqrt(2.1875) * 2
+    torch.testing.assert_close(out, T(*expected[:2], 0.0, 0.0, *expected[2:], 0.0, 0.0), atol=1e-6, rtol=0)
+
+
+def test_elite_pairs_nan_ranks_worst_and_ties_go_to_the_first_pair():
+    # (NaN, NaN) is the worst pair whatever k; (NaN, 9) ranks by its finite member.
+    out = elite_pairs(T(NAN, NAN, 1.0, 2.0, 0.0, 0.0), 2)
+    assert out[:2].tolist() == [0.0, 0.0] and out[2:].ne(0).all()
+    out = elite_pairs(T(NAN, 9.0, 1.0, 2.0), 1)
+    # finite 1, 2, 9: NaN becomes 1 − (1 + 8) = −8; kept (−8, 9): centred ±8.5, std 8.5, times N / 2k = 2
+    torch.testing.assert_close(out, T(-2.0, 2.0, 0.0, 0.0), atol=1e-6, rtol=0)
+    assert elite_pairs(T(3.0, 1.0, 1.0, 3.0), 1)[2:].tolist() == [0.0, 0.0]  # a tie: pair 0 wins
+
+
+def test_elite_pairs_with_every_pair_is_zscore():
+    scores = T(1.0, 5.0, 2.0, 0.0, 4.0, 3.0, 7.0, 1.0)
+    torch.testing.assert_close(elite_pairs(zscore(scores), 4), zscore(scores))
+    torch.testing.assert_close(elite_pairs(raw(scores), 4), zscore(scores))
+
+
+def test_elite_pairs_composes_with_shaping_and_groups():
+    scores = T(1.0, 5.0, 2.0, 0.0, 4.0, 3.0, 7.0, 1.0)
+    # zscore is affine: the same weights as raw; ranks keep the kept members' ranks in the population.
+    torch.testing.assert_close(
+        shape_fitness(scores, zscore, elite_k=2), shape_fitness(scores, raw, elite_k=2)
+    )
+    ranked = shape_fitness(scores, centered_rank, elite_k=2)  # pairs 3 (7, 1) and 0 (1, 5) kept
+    kept = centered_rank(scores)[[0, 1, 6, 7]]
+    torch.testing.assert_close(ranked[[0, 1, 6, 7]], (kept - kept.mean()) / kept.std(unbiased=False) * 2)
+    assert ranked[2:6].tolist() == [0.0] * 4
+    # after group normalisation pairs rank by their group-relative weight: group 0 − 2 = (−1, 3, 0, −2),
+    # group 1 − 13.75 = (0.25, −0.75, 3.25, −2.75): pair 3 (3.25) beats pair 0 (3), though 17 ≫ 5
+    grouped = shape_fitness(T(1.0, 5.0, 2.0, 0.0, 14.0, 13.0, 17.0, 11.0), raw, group_size=4, elite_k=1)
+    assert grouped.ne(0).tolist() == [False] * 6 + [True] * 2
+
+
+def test_elite_pairs_bad_k():
+    for k, n in ((0, 4), (3, 4), (1, 3)):
+        with pytest.raises(ValueError, match="elite_k"):
+            elite_pairs(torch.zeros(n), k)
+
+
+def trainer_step(elite_k: int) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """One SGD step on f(θ) = c·θ; returns θ before, θ after and every member's θ + σ s E."""
+    model = nn.Linear(3, 1, bias=False)
+    nn.init.zeros_(model.weight)
+    c = torch.tensor([1.0, -2.0, 0.5])
+    members = []
+
+    def fitness(m):
+        members.append(m.weight.detach().flatten().clone())
+        return float(m.weight.flatten() @ c)
+
+    trainer = VanillaESTrainer(model.parameters(), model=model, fitness_fn=fitness, population_size=8,
+                               learning_rate=0.5, sigma=0.1, seed=3, fitness_shaping="raw", elite_k=elite_k)  # fmt: skip
+    trainer.step()
+    return torch.zeros(3), model.weight.detach().flatten(), members
+
+
+def test_trainer_elite_k_keeps_only_the_best_pairs():
+    theta, after, members = trainer_step(elite_k=1)
+    noise = [(members[2 * j] - theta) / 0.1 for j in range(4)]  # E_j of each pair
+    scores = T(*[float(m @ torch.tensor([1.0, -2.0, 0.5])) for m in members])
+    best = int(scores.view(4, 2).max(dim=1).values.argmax())
+    weights = elite_pairs(scores, 1).float()
+    expected = (
+        0.5 / (8 * 0.1) * sum(weights[2 * j] * noise[j] - weights[2 * j + 1] * noise[j] for j in range(4))
+    )
+    torch.testing.assert_close(after, expected, atol=1e-5, rtol=1e-5)
+    # only the best pair moved θ: the step is parallel to that pair's noise
+    cosine = torch.nn.functional.cosine_similarity(after, noise[best], dim=0).abs()
+    assert cosine > 1 - 1e-5
+    _, every_pair, _ = trainer_step(elite_k=0)
+    assert not torch.allclose(every_pair, after)
+
+
+def test_trainer_elite_k_bad_values():
+    model = nn.Linear(2, 1)
+    make = lambda **kw: VanillaESTrainer(model.parameters(), model=model, fitness_fn=lambda m: 0.0, **kw)  # noqa: E731
+    for kw in (dict(population_size=8, elite_k=5), dict(population_size=8, elite_k=-1),
+               dict(population_size=8, elite_k=2, antithetic=False), dict(population_size=7, elite_k=2),
+               dict(population_size=8, elite_k=1.5)):  # fmt: skip
+        with pytest.raises(ValueError, match="elite_k"):
+            make(**kw)
