@@ -24,7 +24,15 @@ from . import distributed
 from .noise import NoiseSpec, ParamNoise, default_table_size, hash_key, member_pairs, noise_table, num_pairs
 from .population import Perturbed, PopulationInfo, _announce, population_mode
 from .shaping import ShapingFn, finite_or_worst, resolve_shaping, shape_fitness
-from .update_rules import UPDATE_RULES, apply_update
+from .update_rules import (
+    Rule,
+    build_rules,
+    check_rule,
+    describe_rule,
+    restored_rules,
+    rule_defaults,
+    step_rules,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +55,9 @@ class ESTrainer(torch.optim.Optimizer):
     [`EGGROLLTrainer`][eggroll_trainer.EGGROLLTrainer]). $\hat g$ is an *ascent* direction: plain SGD does
     $\theta \leftarrow \theta + \mathrm{lr}\cdot\hat g$; with Adam/AdamW, $-\hat g$ plays the role of the
     gradient.
+
+    Parameters with ``requires_grad=False`` are frozen, as ``torch.optim`` optimizers skip them: neither
+    perturbed nor updated (checked at every generation, so freezing mid-run works).
 
     Used directly (or through [`VanillaESTrainer`][eggroll_trainer.VanillaESTrainer]) every parameter gets
     full-rank noise. Subclasses that override
@@ -75,14 +86,22 @@ class ESTrainer(torch.optim.Optimizer):
             ``group_size``; needs ``antithetic=True`` and an even N. 0: every pair (default).
         noise_reuse: k ≥ 2 keeps the same noise for k consecutive generations; 0 or 1: fresh noise each
             generation. (eggroll-trainer 0.1.0 used this flag for antithetic sampling: see ``antithetic``.)
-        optimizer: rule applying ĝ: ``"sgd"`` (default), ``"adam"``, ``"adamw"`` or ``"clipup"``.
-        momentum: SGD momentum factor (as ``torch.optim.SGD``); ClipUp's velocity decay.
-        dampening: SGD dampening for momentum (as ``torch.optim.SGD``).
-        nesterov: SGD Nesterov momentum (as ``torch.optim.SGD``).
-        weight_decay: L2 penalty (decoupled for ``"adamw"``).
-        betas: Adam/AdamW coefficients of the running averages.
-        eps: Adam/AdamW term added to the denominator.
+        optimizer: the rule that applies ĝ: ``"sgd"`` (default; ``torch.optim.SGD``), ``"adam"``,
+            ``"adamw"`` (``torch.optim.Adam``/``AdamW``), ``"clipup"``
+            ([`ClipUp`][eggroll_trainer.update_rules.ClipUp]), or any ``torch.optim.Optimizer`` class or
+            ``functools.partial`` of one (``functools.partial(torch.optim.SGD, momentum=0.9)``). It is stepped
+            with ``.grad = −ĝ`` on this trainer's own param groups (see ``eggroll_trainer.update_rules``).
+        momentum: SGD momentum factor; ClipUp's velocity decay (named rules: default 0).
+        dampening: SGD dampening for momentum (default 0).
+        nesterov: SGD Nesterov momentum (default False).
+        weight_decay: L2 penalty, decoupled for ``"adamw"`` (default 0).
+        betas: Adam/AdamW coefficients of the running averages (default (0.9, 0.999)).
+        eps: Adam/AdamW term added to the denominator (default 1e-8).
         max_speed: ClipUp's velocity bound (default ``2 * lr``).
+
+            With a named rule, ``None`` (the signature's default) means the default given here. With an
+            optimizer class, the keywords left ``None`` take that class's own defaults, and those set must
+            be parameters of it.
         batched: evaluate the population in population mode (one forward for all members; see
             [`current_population`][eggroll_trainer.current_population]); ``fitness_fn`` then returns one
             score per member.
@@ -109,13 +128,13 @@ class ESTrainer(torch.optim.Optimizer):
         group_size: int = 0,
         elite_k: int = 0,
         noise_reuse: int = 0,
-        optimizer: str = "sgd",
-        momentum: float = 0.0,
-        dampening: float = 0.0,
-        nesterov: bool = False,
-        weight_decay: float = 0.0,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
+        optimizer: Rule = "sgd",
+        momentum: float | None = None,
+        dampening: float | None = None,
+        nesterov: bool | None = None,
+        weight_decay: float | None = None,
+        betas: tuple[float, float] | None = None,
+        eps: float | None = None,
         max_speed: float | None = None,
         batched: bool = False,
         chunk_size: int | None = None,
@@ -137,16 +156,10 @@ class ESTrainer(torch.optim.Optimizer):
             f"Invalid group_size: {group_size} does not divide population_size={population_size}",
         )
         _check(_is_int(noise_reuse) and noise_reuse >= 0, f"Invalid noise_reuse: {noise_reuse}")
-        _check(optimizer in UPDATE_RULES, f"Invalid optimizer: {optimizer!r} (expected one of {UPDATE_RULES})")
-        _check(_is_real(momentum) and 0 <= momentum < 1, f"Invalid momentum: {momentum}")
-        _check(_is_real(dampening) and 0 <= dampening <= 1, f"Invalid dampening: {dampening}")
-        _check(not nesterov or (momentum > 0 and dampening == 0), "Invalid nesterov: needs momentum > 0 and dampening 0")
-        _check(_is_real(weight_decay) and weight_decay >= 0, f"Invalid weight_decay: {weight_decay}")
-        _check(
-            len(betas) == 2 and all(_is_real(b) and 0 <= b < 1 for b in betas), f"Invalid betas: {betas}"
-        )
-        _check(_is_real(eps) and eps >= 0, f"Invalid eps: {eps}")
-        _check(max_speed is None or (_is_real(max_speed) and max_speed > 0), f"Invalid max_speed: {max_speed}")
+        rule_options = rule_defaults(
+            optimizer, momentum=momentum, dampening=dampening, nesterov=nesterov, weight_decay=weight_decay,
+            betas=betas, eps=eps, max_speed=max_speed,
+        )  # fmt: skip
         _check(chunk_size is None or (_is_int(chunk_size) and chunk_size >= 1), f"Invalid chunk_size: {chunk_size}")
         _check(batch_dim in (0, 1), f"Invalid batch_dim: {batch_dim!r} (0: batch-first, 1: sequence-first)")
         _check(
@@ -160,15 +173,12 @@ class ESTrainer(torch.optim.Optimizer):
         _check(elite_k == 0 or population_size % 2 == 0, f"Invalid elite_k: {elite_k} needs an even N")
         shaping = resolve_shaping(fitness_shaping)
 
-        defaults = dict(
-            lr=lr, sigma=sigma, optimizer=optimizer, momentum=momentum, dampening=dampening,
-            nesterov=nesterov, weight_decay=weight_decay, betas=tuple(betas), eps=eps, max_speed=max_speed,
-        )  # fmt: skip
+        defaults = dict(lr=lr, sigma=sigma, optimizer=optimizer, **rule_options)
         super().__init__(params, defaults)
         for group in self.param_groups:
             _check(group["sigma"] > 0, f"Invalid sigma: {group['sigma']}")
             _check(group["lr"] >= 0, f"Invalid learning rate: {group['lr']}")
-            _check(group["optimizer"] in UPDATE_RULES, f"Invalid optimizer: {group['optimizer']!r}")
+            check_rule(group["optimizer"])
 
         if device is not None:
             model.to(device)
@@ -186,6 +196,10 @@ class ESTrainer(torch.optim.Optimizer):
         self.batch_dim = batch_dim
         params_list = self._all_params()
         _check(len(params_list) > 0, "Invalid params: the trainer got no parameters")
+        _check(
+            any(p.requires_grad for p in params_list),
+            "Invalid params: every parameter has requires_grad=False, and frozen parameters are not trained",
+        )
         self.device = torch.device(device) if device is not None else params_list[0].device
         self.seed = distributed.broadcast_seed(seed if seed is not None else secrets.randbits(63))
 
@@ -209,6 +223,7 @@ class ESTrainer(torch.optim.Optimizer):
         self.best_fitness: float | None = None
         self._best_params: list[Tensor] | None = None
         self._initial_params = [p.detach().clone() for p in params_list]
+        self._rules = build_rules(self.param_groups, self.state)  # torch.optim optimizers on our groups
 
     # --------------------------------------------------------------------------- subclass hooks
     def _noise_spec(self, param: Tensor) -> NoiseSpec | None:
@@ -388,6 +403,7 @@ class ESTrainer(torch.optim.Optimizer):
             for p, value in zip(self._all_params(), self._initial_params):
                 p.copy_(value)
         self.state = defaultdict(dict)
+        self._rules = build_rules(self.param_groups, self.state)
         self.generation = 0
         self.fitness_history = []
         self.best_fitness = None
@@ -405,6 +421,8 @@ class ESTrainer(torch.optim.Optimizer):
             "best_fitness": self.best_fitness,
             "best_params": None if self._best_params is None else [t.clone() for t in self._best_params],
         }
+        for packed in state["param_groups"]:  # a callable rule is saved by name (loads with weights_only)
+            packed["optimizer"] = describe_rule(packed["optimizer"])
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -417,7 +435,11 @@ class ESTrainer(torch.optim.Optimizer):
             raise ValueError(
                 f"load_state_dict: saved population_size={es['population_size']} != {self.population_size}"
             )
+        rules = restored_rules(state_dict["param_groups"], self.param_groups)  # raises before anything changes
         super().load_state_dict({k: v for k, v in state_dict.items() if k != "es"})
+        for group, rule in zip(self.param_groups, rules):
+            group["optimizer"] = rule
+        self._rules = build_rules(self.param_groups, self.state)
         self.generation = int(es["generation"])
         self.seed = int(es["seed"])
         self.noise_table_size = int(es["noise_table_size"])
@@ -447,7 +469,7 @@ class ESTrainer(torch.optim.Optimizer):
         pairs = num_pairs(self.population_size, self.antithetic)
         noises: list[ParamNoise | None] = []
         for index, (p, spec) in enumerate(zip(self._all_params(), self._specs)):
-            if spec is None:
+            if spec is None or not p.requires_grad:  # frozen, as torch.optim skips parameters without grad
                 noises.append(None)
                 continue
             table = noise_table(self.seed, self.noise_table_size, p.device, p.dtype)
@@ -559,26 +581,19 @@ class ESTrainer(torch.optim.Optimizer):
         """ĝ_j = Σ_k w_k E_k / (N σ) for every perturbed parameter, then the group's update rule.
 
         All estimates are computed and checked before any parameter moves: all or nothing."""
-        index = 0
-        updates = []
-        for group in self.param_groups:
-            params, grads = [], []
-            for p in group["params"]:
-                noise = noises[index]
-                index += 1
-                if noise is None:
-                    continue
-                chunk = max(1, _UPDATE_CHUNK_VALUES // noise.spec.length)
-                if self.chunk_size:
-                    chunk = min(chunk, max(1, math.ceil(self.chunk_size / 2)))
-                w = pair_weights.to(device=p.device, dtype=p.dtype)
-                grads.append(noise.weighted_sum(w, chunk).div_(self.population_size * group["sigma"]))
-                params.append(p)
-            updates.append((group, params, grads))
-        _check_finite_update([g for _, _, grads in updates for g in grads], self.generation)
-        for group, params, grads in updates:
-            if params:
-                apply_update(group, params, grads, self.state)
+        params = self._all_params()
+        ascents: list[Tensor | None] = []
+        for p, noise, sigma in zip(params, noises, self._sigmas()):
+            if noise is None:
+                ascents.append(None)
+                continue
+            chunk = max(1, _UPDATE_CHUNK_VALUES // noise.spec.length)
+            if self.chunk_size:
+                chunk = min(chunk, max(1, math.ceil(self.chunk_size / 2)))
+            w = pair_weights.to(device=p.device, dtype=p.dtype)
+            ascents.append(noise.weighted_sum(w, chunk).div_(self.population_size * sigma))
+        _check_finite_update([g for g in ascents if g is not None], self.generation)
+        step_rules(self._rules, params, ascents)
 
     def _finish(self, finite_scores: Tensor, with_closure: bool) -> dict[str, Any]:
         self.generation += 1
@@ -604,6 +619,10 @@ class ESTrainer(torch.optim.Optimizer):
                 f"sample_perturbations must return shape {(self.population_size, theta.numel())}, "
                 f"got {tuple(perturbations.shape)}"
             )
+        frozen = [not p.requires_grad for p in params]
+        if any(frozen):  # frozen parameters are neither perturbed nor updated
+            keep = torch.cat([torch.full((p.numel(),), float(not f)) for p, f in zip(params, frozen)])
+            perturbations = perturbations * keep.to(perturbations)
         sigma = self.param_groups[0]["sigma"]
         scores = torch.empty(self.population_size, dtype=torch.float64)
         try:
@@ -621,14 +640,12 @@ class ESTrainer(torch.optim.Optimizer):
             self._best_params = [t.view_as(p).clone() for t, p in zip(_split(flat, params), params)]
         update = self.compute_update(perturbations, clean.to(device=theta.device, dtype=torch.float32))
         _check_finite_update([update], self.generation)
+        ascents: list[Tensor | None] = [
+            None if f else u.view_as(p).to(p.dtype, copy=True)
+            for u, p, f in zip(_split(update, params), params, frozen)
+        ]
         with _defer_keyboard_interrupt():
-            index = 0
-            for group in self.param_groups:
-                grads = []
-                for p in group["params"]:
-                    grads.append(update[index : index + p.numel()].view_as(p).to(p.dtype))
-                    index += p.numel()
-                apply_update(group, group["params"], grads, self.state)
+            step_rules(self._rules, params, ascents)
             return self._finish(scores[finite], closure is not None)
 
 

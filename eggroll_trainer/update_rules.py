@@ -1,93 +1,278 @@
-"""How the ES gradient estimate ĝ (an *ascent* direction) moves the parameters.
+r"""How the ES estimate ĝ moves the parameters: a ``torch.optim`` optimizer stepped on ``.grad = −ĝ``.
 
-Every rule reads its hyperparameters from the param group and keeps its moments in the per-parameter
-``state`` dict of the optimizer, so ``state_dict()`` saves them and schedulers can drive ``lr``.
+ĝ is an *ascent* direction and every update rule here is a ``torch.optim.Optimizer``, which *minimises*; so
+the trainer writes −ĝ into each trained parameter's ``.grad``, steps the rule, and puts every ``.grad`` back as
+it was. A rule is built on the trainer's own ``param_groups`` dicts (the same objects, not copies) and shares
+its ``state``, so a scheduler that writes ``group["lr"]``, per-group settings and ``state_dict()`` reach it
+unchanged, and a resumed run continues bit-identically.
 
-* ``sgd``:   d = ĝ - λθ;  buf = μ·buf + (1 - dampening)·d;  θ ← θ + lr·(d + μ·buf if nesterov else buf)
-* ``adam``:  g = -ĝ + λθ;  Adam(β₁, β₂, ε) on g (bias-corrected);  θ ← θ - lr·m̂/(√v̂ + ε)
-* ``adamw``: as ``adam`` but with decoupled decay θ ← θ(1 - lr·λ)
-* ``clipup`` (Toklu et al., 2020): v ← μ·v + lr·ĝ/‖ĝ‖;  v clipped to ‖v‖ ≤ max_speed;  θ ← θ + v
-  (norms over all parameters of the group).
+* ``"sgd"``: ``torch.optim.SGD``. With d = −ĝ + λθ: buf ← μ·buf + (1 − dampening)·d;
+  θ ← θ − lr·(d + μ·buf if nesterov else buf). Without momentum, θ ← θ + lr·ĝ.
+* ``"adam"``, ``"adamw"``: ``torch.optim.Adam``, ``torch.optim.AdamW`` with −ĝ in the role of the gradient.
+* ``"clipup"``: [`ClipUp`][eggroll_trainer.update_rules.ClipUp] (Toklu et al., 2020), below.
+* any callable ``factory(param_groups) -> torch.optim.Optimizer``: a ``torch.optim`` class such as
+  ``torch.optim.RMSprop``, or a ``functools.partial(torch.optim.SGD, momentum=0.9)``.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
+from torch.optim.optimizer import required
 
 UPDATE_RULES = ("sgd", "adam", "adamw", "clipup")
 
+#: A rule: one of ``UPDATE_RULES`` or a callable building a ``torch.optim.Optimizer`` from param groups.
+Rule = str | Callable[..., torch.optim.Optimizer]
 
-def apply_update(
-    group: dict[str, Any], params: list[Tensor], grads: list[Tensor], state: Any
+#: The trainer's update-rule keywords, and what ``None`` means for a named rule. With a callable rule,
+#: ``None`` leaves the keyword to the optimizer's own default.
+RULE_DEFAULTS: dict[str, Any] = dict(
+    momentum=0.0,
+    dampening=0.0,
+    nesterov=False,
+    weight_decay=0.0,
+    betas=(0.9, 0.999),
+    eps=1e-8,
+    max_speed=None,
+)
+
+
+class ClipUp(torch.optim.Optimizer):
+    r"""ClipUp (Toklu et al., 2020, "ClipUp: a simple and powerful optimizer for distribution-based policy
+    evolution"): normalised gradient steps with momentum and a speed limit.
+
+    With $g$ the gradient (here $-\hat g$) of all parameters of a group taken as one vector,
+
+    $$v \leftarrow \mu v + \mathrm{lr}\,\frac{g}{\lVert g\rVert},\qquad
+      v \leftarrow v \cdot \min\Big(1, \frac{\texttt{max\_speed}}{\lVert v\rVert}\Big),\qquad
+      \theta \leftarrow \theta - v .$$
+
+    The step length never exceeds ``max_speed`` whatever the scale of the gradient; the paper suggests
+    ``max_speed = 2 * lr`` (the default) and ``momentum = 0.9``.
+
+    Args:
+        params: parameters or param-group dicts.
+        lr: length of the normalised step added to the velocity.
+        momentum: velocity decay μ.
+        max_speed: bound on ‖v‖; ``None`` means ``2 * lr`` (read at every step, so it follows a schedule).
+    """
+
+    def __init__(
+        self, params: Any, lr: float = required, momentum: float = 0.9, max_speed: float | None = None
+    ):
+        if lr is not required and not lr >= 0:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if not 0 <= momentum < 1:
+            raise ValueError(f"Invalid momentum: {momentum}")
+        if max_speed is not None and not max_speed > 0:
+            raise ValueError(f"Invalid max_speed: {max_speed}")
+        super().__init__(params, dict(lr=lr, momentum=momentum, max_speed=max_speed))
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One ClipUp step on the current ``.grad`` of every parameter that has one."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            lr, momentum = group["lr"], group["momentum"]
+            max_speed = group["max_speed"] if group["max_speed"] is not None else 2 * lr
+            norm = _norm([p.grad for p in params])
+            scale = lr / norm if norm > 0 else 0.0
+            velocities = []
+            for p in params:
+                state = self.state[p]
+                if "velocity" not in state:
+                    state["velocity"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                velocities.append(state["velocity"].mul_(momentum).add_(p.grad, alpha=scale))
+            speed = _norm(velocities)
+            if speed > max_speed:
+                for v in velocities:
+                    v.mul_(max_speed / speed)
+            for p, v in zip(params, velocities):
+                p.sub_(v)
+        return loss
+
+
+_NAMED: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "sgd": torch.optim.SGD,
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "clipup": ClipUp,
+}
+
+
+def check_rule(rule: Any) -> None:
+    """Raise ``ValueError`` unless ``rule`` is a name of ``UPDATE_RULES`` or a callable."""
+    if isinstance(rule, str) and rule in UPDATE_RULES:
+        return
+    if callable(rule) and not isinstance(rule, str):
+        return
+    raise ValueError(
+        f"Invalid optimizer: {rule!r} (expected one of {UPDATE_RULES} or a torch.optim.Optimizer class)"
+    )
+
+
+def rule_defaults(rule: Rule, **keywords: Any) -> dict[str, Any]:
+    """Validate the update-rule keywords (those of ``RULE_DEFAULTS``); return the entries they add to each
+    param group's defaults.
+
+    A named rule gets every keyword (``None`` replaced by ``RULE_DEFAULTS``). A callable rule gets only those
+    set (not ``None``), and each must be a parameter of the callable; the rest are its own defaults.
+    """
+    check_rule(rule)
+    if set(keywords) != set(RULE_DEFAULTS):
+        raise TypeError(f"rule_defaults() takes exactly the keywords {sorted(RULE_DEFAULTS)}")
+    _validate(**{k: RULE_DEFAULTS[k] if v is None else v for k, v in keywords.items()})
+    if isinstance(rule, str):
+        return {k: RULE_DEFAULTS[k] if v is None else v for k, v in keywords.items()}
+    given = {k: v for k, v in keywords.items() if v is not None}
+    if isinstance(rule, functools.partial) and "lr" in rule.keywords:
+        raise ValueError(
+            f"Invalid optimizer: {describe_rule(rule)} sets lr; give the trainer learning_rate= (or lr=) instead"
+        )
+    accepted = _parameters(rule)
+    for name in given:
+        if accepted is not None and name not in accepted:
+            raise ValueError(f"Invalid {name}: the optimizer {describe_rule(rule)} takes no {name!r}")
+    return {k: (tuple(v) if k == "betas" else v) for k, v in given.items()}
+
+
+def build_rules(param_groups: list[dict[str, Any]], state: Any) -> list[torch.optim.Optimizer]:
+    """One inner optimizer per distinct rule of the groups, built on those very group dicts, with ``state``
+    as its state (so the outer optimizer's ``state_dict()`` holds every moment)."""
+    by_rule: dict[Any, tuple[Rule, list[dict[str, Any]]]] = {}
+    for group in param_groups:
+        rule = group["optimizer"]
+        check_rule(rule)
+        key = rule if isinstance(rule, str) else id(rule)
+        by_rule.setdefault(key, (rule, []))[1].append(group)
+    rules = []
+    for rule, groups in by_rule.values():
+        factory = _NAMED[rule] if isinstance(rule, str) else rule
+        inner = factory(groups)
+        if not isinstance(inner, torch.optim.Optimizer):
+            raise ValueError(
+                f"Invalid optimizer: {describe_rule(rule)} returned {type(inner).__name__}, "
+                "not a torch.optim.Optimizer"
+            )
+        if len(inner.param_groups) != len(groups) or any(
+            a is not b for a, b in zip(inner.param_groups, groups)
+        ):
+            raise ValueError(
+                f"Invalid optimizer: {describe_rule(rule)} must take the param groups it is given as they are "
+                "(a torch.optim class, or a functools.partial of one)"
+            )
+        if any(group.get("maximize", False) for group in groups):
+            raise ValueError("Invalid optimizer: maximize=True; the trainer hands it -ĝ to minimise already")
+        inner.state = state
+        rules.append(inner)
+    return rules
+
+
+def step_rules(
+    rules: Sequence[torch.optim.Optimizer], params: list[Tensor], ascents: list[Tensor | None]
 ) -> None:
-    """Apply the group's rule in place. ``grads`` are ascent directions ĝ, one per param."""
-    rule = group["optimizer"]
-    if rule == "sgd":
-        for p, g in zip(params, grads):
-            _sgd(p, g, group, state[p])
-    elif rule in ("adam", "adamw"):
-        for p, g in zip(params, grads):
-            _adam(p, g, group, state[p], decoupled=rule == "adamw")
-    elif rule == "clipup":
-        _clipup(params, grads, group, state)
-    else:  # validated at construction
-        raise ValueError(f"Invalid optimizer: {rule!r}")
+    """Move every parameter by its rule given ``.grad = −ĝ``; then put each ``.grad`` back as it was.
+
+    ``ascents[i]`` is ĝ of ``params[i]`` (negated in place: the caller hands over the tensor), or ``None`` for
+    a parameter without an estimate (frozen): its ``.grad`` is ``None`` during the step, so no rule moves
+    it (``torch.optim`` skips parameters without a gradient, weight decay included).
+    """
+    saved = [p.grad for p in params]
+    try:
+        for p, ascent in zip(params, ascents):
+            p.grad = None if ascent is None else ascent.neg_()
+        for rule in rules:
+            rule.step()
+    finally:
+        for p, grad in zip(params, saved):
+            p.grad = grad
 
 
-def _sgd(p: Tensor, g: Tensor, group: dict[str, Any], state: dict[str, Any]) -> None:
-    lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
-    d = g if wd == 0 else g.add(p, alpha=-wd)
-    if momentum != 0:
-        buf = state.get("momentum_buffer")
-        if buf is None:
-            buf = state["momentum_buffer"] = d.clone()
-        else:
-            buf.mul_(momentum).add_(d, alpha=1 - group["dampening"])
-        d = d.add(buf, alpha=momentum) if group["nesterov"] else buf
-    p.add_(d, alpha=lr)
+def restored_rules(saved_groups: list[dict[str, Any]], groups: list[dict[str, Any]]) -> list[Rule]:
+    """The rule of each group after loading a checkpoint whose groups are ``saved_groups``.
+
+    A saved name wins, as every saved group setting does; a callable is saved by its
+    [`describe_rule`][eggroll_trainer.update_rules.describe_rule] name, which must be that of the group's
+    current callable (kept). Raises ``ValueError`` otherwise, before anything is loaded.
+    """
+    rules = []
+    for saved, group in zip(saved_groups, groups):
+        rule = saved.get("optimizer", group["optimizer"])
+        if not (isinstance(rule, str) and rule in UPDATE_RULES):
+            if describe_rule(rule) != describe_rule(group["optimizer"]):
+                raise ValueError(
+                    f"load_state_dict: the checkpoint's update rule {describe_rule(rule)} is not this trainer's "
+                    f"{describe_rule(group['optimizer'])}"
+                )
+            rule = group["optimizer"]
+        rules.append(rule)
+    return rules
 
 
-def _adam(p: Tensor, g: Tensor, group: dict[str, Any], state: dict[str, Any], decoupled: bool) -> None:
-    lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
-    beta1, beta2 = group["betas"]
-    grad = -g  # Adam minimises
-    if wd != 0:
-        if decoupled:
-            p.mul_(1 - lr * wd)
-        else:
-            grad = grad.add(p, alpha=wd)
-    if not state:
-        state["step"] = torch.zeros((), dtype=torch.float64)
-        state["exp_avg"] = torch.zeros_like(p)
-        state["exp_avg_sq"] = torch.zeros_like(p)
-    state["step"] += 1
-    step = float(state["step"])
-    state["exp_avg"].lerp_(grad, 1 - beta1)
-    state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-    bias1 = 1 - beta1**step
-    bias2 = 1 - beta2**step
-    denom = (state["exp_avg_sq"] / bias2).sqrt_().add_(eps)
-    p.addcdiv_(state["exp_avg"], denom, value=-lr / bias1)
+def describe_rule(rule: Rule) -> str:
+    """A rule as a string for messages and checkpoints: its name, ``module.Class``, or a partial of it."""
+    if isinstance(rule, str):
+        return rule
+    if isinstance(rule, functools.partial):
+        args = [repr(a) for a in rule.args] + [f"{k}={v!r}" for k, v in rule.keywords.items()]
+        return f"functools.partial({describe_rule(rule.func)}, {', '.join(args)})"
+    name = getattr(rule, "__qualname__", None) or type(rule).__qualname__
+    return f"{getattr(rule, '__module__', '?')}.{name}"
 
 
-def _clipup(params: list[Tensor], grads: list[Tensor], group: dict[str, Any], state: Any) -> None:
-    lr, momentum = group["lr"], group["momentum"]
-    max_speed = group["max_speed"] if group["max_speed"] is not None else 2 * lr
-    norm = torch.sqrt(sum((g.double().pow(2).sum() for g in grads), torch.zeros((), dtype=torch.float64)))
-    scale = float(lr / norm) if norm > 0 else 0.0
-    velocities = []
-    for p, g in zip(params, grads):
-        v = state[p].get("velocity")
-        if v is None:
-            v = state[p]["velocity"] = torch.zeros_like(p)
-        v.mul_(momentum).add_(g, alpha=scale)
-        velocities.append(v)
-    speed = float(torch.sqrt(sum((v.double().pow(2).sum() for v in velocities), torch.zeros((), dtype=torch.float64))))
-    if speed > max_speed:
-        for v in velocities:
-            v.mul_(max_speed / speed)
-    for p, v in zip(params, velocities):
-        p.add_(v)
+# ------------------------------------------------------------------------------------ helpers
+def _validate(
+    momentum: Any, dampening: Any, nesterov: Any, weight_decay: Any, betas: Any, eps: Any, max_speed: Any
+) -> None:
+    _check(_is_real(momentum) and 0 <= momentum < 1, f"Invalid momentum: {momentum}")
+    _check(_is_real(dampening) and 0 <= dampening <= 1, f"Invalid dampening: {dampening}")
+    _check(isinstance(nesterov, bool), f"Invalid nesterov: {nesterov!r}")
+    _check(
+        not nesterov or (momentum > 0 and dampening == 0),
+        "Invalid nesterov: needs momentum > 0 and dampening 0",
+    )
+    _check(_is_real(weight_decay) and weight_decay >= 0, f"Invalid weight_decay: {weight_decay}")
+    _check(
+        isinstance(betas, Sequence) and len(betas) == 2 and all(_is_real(b) and 0 <= b < 1 for b in betas),
+        f"Invalid betas: {betas}",
+    )
+    _check(_is_real(eps) and eps >= 0, f"Invalid eps: {eps}")
+    _check(max_speed is None or (_is_real(max_speed) and max_speed > 0), f"Invalid max_speed: {max_speed}")
+
+
+def _parameters(factory: Callable[..., Any]) -> set[str] | None:
+    """Keyword parameters ``factory`` accepts, or None when it takes ``**kwargs`` (or has no signature)."""
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()):
+        return None
+    return set(signature.parameters)
+
+
+def _norm(tensors: list[Tensor]) -> float:
+    """‖(t₁, t₂, …)‖ of the tensors taken as one vector, accumulated in float64."""
+    return math.sqrt(sum(float(torch.linalg.vector_norm(t, dtype=torch.float64)) ** 2 for t in tensors))
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+def _is_real(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
