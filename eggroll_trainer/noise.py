@@ -105,7 +105,9 @@ class NoiseSpec:
 
     def __post_init__(self) -> None:
         if self.rank is not None and len(self.shape) < 2:
-            raise ValueError(f"low-rank noise needs a tensor of 2 or more dimensions, got shape {tuple(self.shape)}")
+            raise ValueError(
+                f"low-rank noise needs a tensor of 2 or more dimensions, got shape {tuple(self.shape)}"
+            )
 
     @property
     def low_rank(self) -> bool:

@@ -1,33 +1,32 @@
-"""Population mode: one forward evaluates K members at once.
+"""Population mode: one forward evaluates K members at once, for any architecture.
 
-Inside :class:`population_mode` the user's model takes inputs with a leading population dimension
-``(K, ...)`` and returns member i's output at index i. Nothing about the model object changes outside
-the context; inside, hooks do the work:
+**The batch convention.** Inside :class:`population_mode` the model's batch holds K·b rows, *member-major*:
+member i owns rows i·b … i·b+b−1 (b ≥ 1, found per call from the row count). A tensor whose batch is 1 is
+shared by every member (Hugging Face's position ids). The older ``(K, …)`` form is the case b = 1. The batch
+is dimension 0 (``batch_dim=1`` for sequence-first models). Flattening ``(K·b, T, d) → (K·b·T, d)`` keeps the
+convention (member i then owns b·T consecutive rows), which is why any multiple of K is accepted.
 
-* **Fast path — ``nn.Linear``** (exact class forward): a forward hook adds the members' perturbation to
-  the shared base GEMM ``y = x Wᵀ + b`` computed by the layer itself::
+**The mechanism** is a :class:`torch.overrides.TorchFunctionMode`, active only for the duration of the
+context (nothing is patched, nothing about the model object changes). It watches every torch call and
+acts only on calls that receive a *perturbed parameter* (found by identity, so a tied parameter used by two
+modules has one noise):
 
-      y_i += σ s_i (x_i B_k) A_kᵀ / √r + σ s_i β_k          (k = pair of member i, s_i = ±1)
+* products — ``F.linear`` (``nn.Linear`` and its subclasses, Llama's projections, a tied ``lm_head``),
+  ``torch.addmm``/``matmul`` with the weight on the right (Hugging Face ``Conv1D``), ``F.embedding``,
+  ``F.conv1d``/``F.conv2d``, ``F.multi_head_attention_forward`` — get the shared base product plus each
+  member's rank-r term (``population_ops``); nothing of size K·m·n exists;
+* elementwise uses (a norm's weight, a learned position table added to the activations) and norms
+  (``F.layer_norm``, ``F.rms_norm``) get the member's values at that one use, activation-sized;
+* anything else falls back to ``torch.func.vmap`` over the members *of that one call*, with the member's
+  dense parameter values; if even that fails the error names the parameter.
 
-  With antithetic pairs both mirrors share one ``bmm`` over pairs (``x B`` for both, one sign flip on
-  the tiny result); the rank-r correction is added in place — ``addcmul_`` for r = 1, ``baddbmm_`` above.
-  Factors are strided views of the noise table, taken once per context; a shared input
-  (``x.expand(K, ...)``, stride 0) is never copied. Extra work per member is O(rows·r·(m + n)); nothing
-  of size K·m·n exists.
-* **Generic path — any other module that owns parameters** (LayerNorm, Embedding, Conv, MultiheadAttention,
-  custom modules, ...): its forward is run under ``torch.func.vmap`` over per-member parameter stacks via
-  ``torch.func.functional_call``. This materialises K copies of *that module's* parameters, so keep big
-  matrices in ``nn.Linear`` layers. The module's forward must be vmap-compatible (no in-place updates of
-  buffers, e.g. BatchNorm in training mode).
-
-Fitness functions can ask :func:`current_population` how many members the current forward holds (it is
-smaller than the population when the trainer evaluates in chunks).
+Fitness functions ask :func:`current_population` how many members the current forward holds (fewer than
+the population when the trainer evaluates in chunks).
 """
 
 from __future__ import annotations
 
 import functools
-import math
 import threading
 import warnings
 from collections.abc import Iterator
@@ -37,6 +36,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 from .noise import ParamNoise, member_pairs
 
@@ -56,7 +56,8 @@ _local = threading.local()
 def current_population() -> PopulationInfo | None:
     """The members being evaluated right now, or ``None`` outside a population-mode evaluation.
 
-    A batched fitness function uses it to shape shared data: ``x.expand(info.size, *x.shape)``."""
+    A batched fitness function uses it to shape its batch: ``x.expand(info.size, *x.shape)`` for shared data
+    (b = 1), or ``input_ids.repeat(info.size, 1)`` for b prompts per member (K·b rows, member-major)."""
     stack = getattr(_local, "populations", [])
     return stack[-1] if stack else None
 
@@ -71,20 +72,6 @@ def _announce(info: PopulationInfo) -> Iterator[None]:
         stack.pop()
 
 
-@contextmanager
-def _suspended() -> Iterator[None]:
-    """Inside a vmapped generic module: its children's hooks must not perturb a second time."""
-    _local.suspended = getattr(_local, "suspended", 0) + 1
-    try:
-        yield
-    finally:
-        _local.suspended -= 1
-
-
-def _is_suspended() -> bool:
-    return getattr(_local, "suspended", 0) > 0
-
-
 @dataclass
 class Perturbed:
     """One perturbed parameter: its noise for this generation and its group's σ."""
@@ -93,93 +80,42 @@ class Perturbed:
     sigma: float
 
 
-@dataclass
-class _LinearNoise:
-    """One fast ``nn.Linear``'s noise for the members of a population-mode call (see ``_plan_linear``)."""
+@dataclass(frozen=True)
+class MemberSlice:
+    """Members ``start .. start+size-1`` and how they map onto noise pairs."""
 
-    groups: int  # G
-    mirrors: int  # S ∈ {1, 2}
-    a_t: Tensor | None = None  # (G, r, m) Aᵀ (sign folded in when S = 1)
-    b: Tensor | None = None  # (G, n, r) B, a transposed view of Bᵀ
-    eps: Tensor | None = None  # (G, m, n) full-rank weight noise
-    signs: Tensor | None = None  # (G,) signs for ``eps`` when S = 1 (None: all +1)
-    alpha: float = 0.0  # σ/√r (low rank) or σ (full rank)
-    beta: Tensor | None = None  # (G, 1, m) bias noise β_k (sign folded in when S = 1)
-    sigma_b: float = 0.0
+    start: int
+    size: int
+    antithetic: bool
+    device: torch.device
 
+    @property
+    def paired(self) -> bool:
+        """Both mirrors of every pair, in order: one product per pair serves both (group = pair)."""
+        return self.antithetic and self.start % 2 == 0 and self.size % 2 == 0
 
-def _add_low_rank(y: Tensor, x: Tensor, plan: _LinearNoise, rows: int) -> None:
-    """y (G, S, rows, m) += α s_i (x_i B_k) A_kᵀ for every member, in place; O(rows·r·(m + n)) each."""
-    a_t, b = plan.a_t, plan.b
-    assert a_t is not None and b is not None
-    g, s, n, r = plan.groups, plan.mirrors, x.shape[-1], b.shape[-1]
-    if x.stride(0) == 0:  # shared input (x.expand(N, ...)): no copy of x, one x B per pair
-        # A batched product over a stride-0 batch (not one wide GEMM), so that a member's numbers do not
-        # depend on how the population is sliced into chunks or ranks.
-        xb = torch.bmm(x[0].reshape(rows, n).expand(g, rows, n), b)  # (G, rows, r)
-        for t in range(s):  # both mirrors see the same x: the second takes -α
-            _outer_add(y[:, t], xb, a_t, -plan.alpha if t else plan.alpha, r)
-        return
-    xb = torch.bmm(x.reshape(g, s * rows, n), b)  # (G, S·rows, r)
-    if s == 2:
-        xb[:, rows:].neg_()  # mirror members take -E
-    _outer_add(y.view(g, s * rows, -1), xb, a_t, plan.alpha, r)
+    @property
+    def pair_end(self) -> int:
+        """One past the last pair this slice touches."""
+        end = self.start + self.size
+        return (end + 1) // 2 if self.antithetic else end
 
+    @functools.cached_property
+    def members(self) -> tuple[Tensor, Tensor]:
+        """Pair index and sign ±1 of every member, (K,) each."""
+        return member_pairs(self.start, self.size, self.antithetic, self.device)
 
-def _outer_add(y: Tensor, xb: Tensor, a_t: Tensor, alpha: float, r: int) -> None:
-    """y (G, rows, m) += α · xb (G, rows, r) @ a_t (G, r, m); for r = 1 an elementwise outer product,
-    which CPU runs faster than a batch of rank-1 GEMMs."""
-    if r == 1:
-        y.addcmul_(xb, a_t, value=alpha)
-    else:
-        y.baddbmm_(xb, a_t, alpha=alpha)
+    def per_group(self, view: Tensor) -> Tensor:
+        """Rows of a per-pair view (pairs 0 ..) for this slice's groups: a view when group = pair (mirrored
+        slice, or no antithetic sampling), an indexed copy for an irregular antithetic slice (group = member)."""
+        if self.paired:
+            return view[self.start // 2 : self.pair_end]
+        if not self.antithetic:
+            return view[self.start : self.start + self.size]
+        return view[self.members[0]]
 
 
-def _add_full_rank(y: Tensor, x: Tensor, plan: _LinearNoise) -> None:
-    """y (G, S, rows, m) += σ s_i x_i ε_kᵀ (x: (G, S, rows, n)); O(m·n) per member."""
-    assert plan.eps is not None
-    eps_t = plan.eps.transpose(1, 2)  # (G, n, m) — a view, never a copy
-    if plan.mirrors == 2:
-        y[:, 0].baddbmm_(x[:, 0], eps_t, alpha=plan.alpha)
-        y[:, 1].baddbmm_(x[:, 1], eps_t, alpha=-plan.alpha)
-        return
-    xs = x[:, 0] if plan.signs is None else x[:, 0] * plan.signs.to(x.dtype).view(-1, 1, 1)
-    y[:, 0].baddbmm_(xs, eps_t, alpha=plan.alpha)
-
-
-def _is_fast_linear(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear) and type(module).forward is nn.Linear.forward
-
-
-def plan_units(model: nn.Module, perturbed_ids: set[int]) -> tuple[list[nn.Module], list[nn.Module]]:
-    """Split the modules that own perturbed parameters into fast ``nn.Linear`` units and generic units.
-
-    Walk top-down; a Linear is a fast unit; any other module with parameters of its own (and perturbed
-    parameters below it) is a generic unit taken whole; otherwise descend into the children."""
-    fast: list[nn.Module] = []
-    generic: list[nn.Module] = []
-    seen: set[int] = set()
-
-    def owns_perturbed(mod: nn.Module) -> bool:
-        return any(id(p) in perturbed_ids for p in mod.parameters())
-
-    def visit(mod: nn.Module) -> None:
-        if id(mod) in seen or not owns_perturbed(mod):
-            return
-        seen.add(id(mod))
-        if _is_fast_linear(mod):
-            fast.append(mod)
-        elif any(True for _ in mod.parameters(recurse=False)):
-            generic.append(mod)
-        else:
-            for child in mod.children():
-                visit(child)
-
-    visit(model)
-    return fast, generic
-
-
-class population_mode:
+class population_mode(TorchFunctionMode):
     """Context manager: ``model`` evaluates members ``start .. start+count-1`` of the population.
 
     Args:
@@ -187,6 +123,7 @@ class population_mode:
         perturbed: ``{id(param): Perturbed}`` for every perturbed parameter of the model.
         start, count, total: the member slice and the population size.
         antithetic: whether members 2k and 2k+1 mirror pair k.
+        batch_dim: the activations' batch dimension (0: batch-first; 1: sequence-first).
     """
 
     def __init__(
@@ -197,178 +134,124 @@ class population_mode:
         count: int,
         total: int,
         antithetic: bool,
+        batch_dim: int = 0,
     ) -> None:
+        super().__init__()
         self.model = model
         self.perturbed = perturbed
         self.info = PopulationInfo(size=count, start=start, total=total)
-        self.antithetic = antithetic
-        self.fast, self.generic = plan_units(model, set(perturbed))
-        covered = {id(p) for unit in self.fast + self.generic for p in unit.parameters()}
-        missing = [pid for pid in perturbed if pid not in covered]
+        self.batch_dim = batch_dim
+        names = {id(p): name for name, p in model.named_parameters(remove_duplicate=False)}
+        missing = [pid for pid in perturbed if pid not in names]
         if missing:
             raise ValueError(
                 f"batched evaluation: {len(missing)} trained parameter(s) are not parameters of `model`"
             )
-        self._device = next(iter(perturbed.values())).noise.table.device if perturbed else torch.device("cpu")
-        # Both mirrors of every pair in this slice, in order: one bmm per pair serves both.
-        self.paired = antithetic and start % 2 == 0 and count % 2 == 0
-        self.calls: dict[int, int] = {}
-        self._plans: dict[int, _LinearNoise] = {}
-        self._handles: list[Any] = []
-        self._overridden: list[nn.Module] = []
+        self.names = names
+        self.params = {id(p): p for p in model.parameters()}
+        self.buffers = {id(b) for b in model.buffers()}
+        device = next(iter(perturbed.values())).noise.table.device if perturbed else torch.device("cpu")
+        self.slice = MemberSlice(start, count, antithetic, device)
+        self.rows_per_member: int | None = None  # b, from the model's input (or the first batched call)
+        self.seen: set[int] = set()
+        self.plans: dict[Any, Any] = {}  # per context: RL calls the same layer every environment step
+        self.derived: dict[
+            int, tuple[Tensor, int, Any]
+        ] = {}  # id(view of a parameter) -> (view, id(param), fn)
+        self._hook: Any = None
         self._announce = _announce(self.info)
-
-    @functools.cached_property
-    def _members(self) -> tuple[Tensor, Tensor]:
-        """Pair index and sign of every member of the slice (the irregular and generic paths need them)."""
-        return member_pairs(self.info.start, self.info.size, self.antithetic, self._device)
 
     # ----------------------------------------------------------------------------------- context
     def __enter__(self) -> population_mode:
+        self._hook = self.model.register_forward_pre_hook(self._root_input, with_kwargs=True)
         try:
-            for module in self.fast:
-                self._handles.append(module.register_forward_hook(self._linear_hook))
-            for module in self.generic:
-                if "forward" in module.__dict__:
-                    raise ValueError(f"batched evaluation: {type(module).__name__} has a patched forward")
-                module.forward = self._generic_forward(module)  # instance attribute; removed on exit
-                self._overridden.append(module)
             self._announce.__enter__()
+            super().__enter__()
         except BaseException:
-            self._restore()
+            self._hook.remove()
             raise
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._announce.__exit__(None, None, None)
-        self._restore()
-
-    def _restore(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        for module in self._overridden:
-            module.__dict__.pop("forward", None)
-        self._overridden.clear()
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            super().__exit__(*exc)
+        finally:
+            self._announce.__exit__(None, None, None)
+            self._hook.remove()
+            self.derived.clear()
 
     def warn_unused(self) -> None:
-        """Warn about units whose forward never ran: their perturbation could not reach the fitness."""
-        unused = [type(m).__name__ for m in self.fast + self.generic if self.calls.get(id(m), 0) == 0]
+        """Warn about perturbed parameters no call received: their perturbation could not reach the fitness."""
+        unused = [self.names[pid] for pid in self.perturbed if pid not in self.seen]
         if unused:
             warnings.warn(
-                "batched evaluation: the forward of "
-                + ", ".join(unused)
-                + " never ran, so its perturbation did not reach the fitness (is its weight used "
-                "directly by a parent module?); use sequential evaluation for such models",
+                "batched evaluation: the perturbed parameter(s) " + ", ".join(unused) + " never reached a "
+                "torch call in the forward (used through .data, or only outside the model?), so their "
+                "perturbation did not reach the fitness; use sequential evaluation for such models",
                 RuntimeWarning,
                 stacklevel=3,
             )
 
-    # ------------------------------------------------------------------------------ fast path
-    def _check_leading(self, module: nn.Module, x: Tensor) -> None:
-        if x.dim() < 2 or x.shape[0] != self.info.size:
-            raise ValueError(
-                f"population mode: {type(module).__name__} got input of shape {tuple(x.shape)}; inputs need "
-                f"a leading population dimension of {self.info.size} (use x.expand({self.info.size}, *x.shape))"
+    def _root_input(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """b from the model's input: the first tensor argument (or ``input_ids``/``inputs_embeds``)."""
+        first = next((a for a in args if isinstance(a, Tensor)), None)
+        if first is None:
+            first = next(
+                (kwargs[k] for k in ("input_ids", "inputs_embeds") if isinstance(kwargs.get(k), Tensor)), None
             )
+        if first is None or first.dim() <= self.batch_dim:
+            return
+        rows = first.shape[self.batch_dim]
+        if rows % self.info.size and rows != 1:
+            raise ValueError(self._batch_message(f"the input of {type(module).__name__}", first))
+        if rows != 1:
+            self.rows_per_member = rows // self.info.size
 
-    def _linear_hook(self, module: nn.Linear, args: tuple[Any, ...], out: Tensor) -> Tensor | None:
-        if _is_suspended():
+    # ------------------------------------------------------------------------------- dispatch
+    def __torch_function__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
+    ) -> Any:
+        kwargs = kwargs or {}
+        perturbed, derived = self.perturbed, self.derived
+        hit = any(isinstance(a, Tensor) and (id(a) in perturbed or id(a) in derived) for a in args) or any(
+            isinstance(a, Tensor) and (id(a) in perturbed or id(a) in derived) for a in kwargs.values()
+        )
+        if not hit:
+            return func(*args, **kwargs)
+        from .population_ops import dispatch  # the handlers need this module's classes
+
+        return dispatch(self, func, args, kwargs)
+
+    # ------------------------------------------------------------------------------- batch rows
+    def rows_of(self, x: Tensor, what: str) -> int | None:
+        """Rows per member of ``x`` (batch at dim 0), or ``None`` when ``x`` is shared (batch 1)."""
+        if x.dim() == 0:
+            raise ValueError(self._batch_message(what, x))
+        rows, k = x.shape[0], self.info.size
+        if rows % k == 0:
+            if self.rows_per_member is None:
+                self.rows_per_member = rows // k
+            return rows // k
+        if rows == 1:
             return None
-        x = args[0]
-        if x.dim() < 2 or x.shape[0] != self.info.size:
-            self._check_leading(module, x)  # raises
-        key = id(module)
-        self.calls[key] = self.calls.get(key, 0) + 1
-        plan = self._plans.get(key)
-        if plan is None:  # once per context: RL calls the same layer every environment step
-            plan = self._plans[key] = self._plan_linear(module)
-        g, s, m = plan.groups, plan.mirrors, out.shape[-1]
-        rows = out.numel() // (g * s * m)
-        in_place = out.is_contiguous()  # nn.Linear's output always is: y is a view, out is updated
-        y = out.view(g, s, rows, m) if in_place else out.reshape(g, s, rows, m)  # member j·s + t at (j, t)
-        if plan.a_t is not None:
-            _add_low_rank(y, x, plan, rows)
-        elif plan.eps is not None:
-            _add_full_rank(y, x.reshape(g, s, rows, x.shape[-1]), plan)
-        if plan.beta is not None:  # y_i += σ_b s_i β_k
-            y[:, 0].add_(plan.beta, alpha=plan.sigma_b)
-            if s == 2:
-                y[:, 1].sub_(plan.beta, alpha=plan.sigma_b)
-        return None if in_place else y.view(out.shape)
+        raise ValueError(self._batch_message(what, x))
 
-    def _plan_linear(self, module: nn.Linear) -> _LinearNoise:
-        """This slice's noise for one Linear, as table views (or, for an irregular slice, cached copies).
+    def shared_rows(self) -> int:
+        """K·b: the rows a shared (batch 1) input's output spreads to."""
+        return self.info.size * (self.rows_per_member or 1)
 
-        Members are grouped G × S: S = 2 when the slice holds both mirrors of every pair (group = pair,
-        the hook applies the signs +1/-1), else S = 1 with each member's sign folded in here."""
-        weight = self.perturbed.get(id(module.weight))
-        bias = self.perturbed.get(id(module.bias)) if module.bias is not None else None
-        k, mirrored = self.info.size, self.paired
-        groups = k // 2 if mirrored else k
-        signs = None if mirrored or not self.antithetic else self._members[1]  # None: every sign is +1
-        plan = _LinearNoise(groups=groups, mirrors=2 if mirrored else 1)
-        if weight is not None and weight.noise.spec.low_rank:
-            a_t, b_t = (self._per_group(view) for view in weight.noise.factors_t(0, self._pair_end))
-            plan.a_t = a_t if signs is None else a_t * signs.to(a_t.dtype).view(-1, 1, 1)  # (G, r, m)
-            plan.b = b_t.transpose(1, 2)  # (G, n, r)
-            plan.alpha = weight.sigma / math.sqrt(weight.noise.spec.rank)
-        elif weight is not None:  # full-rank weight noise (VanillaESTrainer)
-            plan.eps = self._per_group(weight.noise.full(0, self._pair_end))  # (G, m, n)
-            plan.signs = signs
-            plan.alpha = weight.sigma
-        if bias is not None:
-            beta = self._per_group(bias.noise.full(0, self._pair_end))  # (G, m)
-            if signs is not None:
-                beta = beta * signs.to(beta.dtype).view(-1, 1)
-            plan.beta = beta.unsqueeze(1)  # (G, 1, m), a view for a regular slice
-            plan.sigma_b = bias.sigma
-        return plan
+    def _batch_message(self, what: str, x: Tensor) -> str:
+        k = self.info.size
+        dim = "dimension 1 (batch_dim=1)" if self.batch_dim else "dimension 0"
+        return (
+            f"population mode: {what} got a tensor of shape {tuple(x.shape)}; in population mode the batch "
+            f"({dim}) holds K·b rows, member-major, with K = {k} members (or 1 row shared by all): use "
+            f"x.expand({k}, *x.shape) for shared data or x.repeat({k}, 1, ...) for b rows per member"
+            + ("" if self.batch_dim else "; for sequence-first models pass batch_dim=1")
+        )
 
-    @property
-    def _pair_end(self) -> int:
-        """One past the last pair this slice touches."""
-        end = self.info.start + self.info.size
-        return (end + 1) // 2 if self.antithetic else end
-
-    def _per_group(self, view: Tensor) -> Tensor:
-        """Rows of a per-pair noise view (pairs 0 ..) for this slice's groups: a view for a mirrored
-        slice (group = pair) or without antithetic sampling (group = member = pair), an indexed copy for
-        an irregular antithetic slice (odd size or odd start: group = member)."""
-        if self.paired:
-            return view[self.info.start // 2 : self._pair_end]
-        if not self.antithetic:
-            return view[self.info.start : self.info.start + self.info.size]
-        return view[self._members[0]]
-
-    # --------------------------------------------------------------------------- generic path
-    def _member_params(self, module: nn.Module) -> dict[str, Tensor]:
-        """``{name: (K, *shape)}``: θ + σ s_i E_i for each perturbed parameter of ``module``."""
-        stacked = {}
-        for name, param in module.named_parameters():
-            entry = self.perturbed.get(id(param))
-            if entry is not None:
-                noise = entry.noise.dense(*self._members)  # (K, *shape)
-                stacked[name] = torch.add(param.unsqueeze(0), noise, alpha=entry.sigma)
-        return stacked
-
-    def _generic_forward(self, module: nn.Module) -> Any:
-        class_forward = type(module).forward
-
-        def forward(*args: Any, **kwargs: Any) -> Any:
-            if _is_suspended():  # the vmapped call below re-enters here
-                return class_forward(module, *args, **kwargs)
-            for arg in args:
-                if isinstance(arg, Tensor):
-                    self._check_leading(module, arg)
-            self.calls[id(module)] = self.calls.get(id(module), 0) + 1
-            stacked = self._member_params(module)
-            in_dims = (0, *(0 if isinstance(a, Tensor) else None for a in args))
-
-            def one_member(params: dict[str, Tensor], *member_args: Any) -> Any:
-                return torch.func.functional_call(module, params, member_args, kwargs, strict=False)
-
-            with _suspended():
-                return torch.func.vmap(one_member, in_dims=in_dims, randomness="different")(stacked, *args)
-
-        return forward
+    def name(self, param: Tensor) -> str:
+        """The qualified name of a perturbed parameter (or of the one a derived view comes from)."""
+        while id(param) in self.derived:
+            param = self.derived[id(param)][1]
+        return self.names.get(id(param), "<parameter>")

@@ -130,8 +130,8 @@ def test_chunks_see_their_own_member_counts():
     assert sizes == [(0, 4, 10), (4, 4, 10), (8, 2, 10)]
 
 
-def test_module_used_behind_the_hooks_back_warns():
-    class Sneaky(nn.Module):
+def test_weight_used_directly_by_a_parent_is_perturbed():
+    class Direct(nn.Module):
         def __init__(self):
             super().__init__()
             self.fc = nn.Linear(4, 1)
@@ -139,7 +139,28 @@ def test_module_used_behind_the_hooks_back_warns():
         def forward(self, x):
             return torch.nn.functional.linear(x, self.fc.weight, self.fc.bias)  # bypasses fc.forward
 
-    model = Sneaky()
+    torch.manual_seed(0)
+    x = torch.randn(3, 4)
+
+    def bat(m):
+        k = current_population().size
+        return m(x.expand(k, *x.shape)).mean(dim=(1, 2))
+
+    s, b, _, _ = twin_runs(EGGROLLTrainer, Direct(), lambda m: m(x).mean().item(), bat, population_size=4)
+    torch.testing.assert_close(b, s, rtol=1e-4, atol=1e-5)
+
+
+def test_parameter_the_forward_never_uses_warns():
+    class Unused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 1)
+            self.spare = nn.Linear(4, 1)
+
+        def forward(self, x):
+            return self.fc(x)
+
+    model = Unused()
     x = torch.randn(3, 4)
 
     def fitness(m):
@@ -148,5 +169,5 @@ def test_module_used_behind_the_hooks_back_warns():
 
     trainer = EGGROLLTrainer(model.parameters(), model=model, fitness_fn=fitness, population_size=4, seed=0,
                              batched=True)  # fmt: skip
-    with pytest.warns(RuntimeWarning, match="never ran"):
+    with pytest.warns(RuntimeWarning, match="spare.weight, spare.bias never reached"):
         trainer.step()
