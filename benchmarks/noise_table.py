@@ -27,26 +27,21 @@ Writes ``benchmarks/results/noise_table{,_quick}.md`` and ``.csv``.
 from __future__ import annotations
 
 import argparse
-import csv
 import math
-import os
-import platform
 import statistics
-import subprocess
 import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import torch
+from common import RESULTS, machine, median_time, write_csv, write_markdown
 from torch import nn
 from torch.nn.functional import cosine_similarity
 
-import eggroll_trainer
 from eggroll_trainer import EGGROLLTrainer, current_population
 from eggroll_trainer.noise import NoiseSpec, ParamNoise, default_table_size, hash_key, noise_table, num_pairs
 
-RESULTS = Path(__file__).resolve().parent / "results"
 WIDTHS = (16, 32, 32, 4)
 CHUNK = 4096  # members per population-mode call (bounded memory at large N)
 
@@ -197,22 +192,14 @@ def table_sweep(args: Args, problem: LinearProblem) -> list[dict]:
 
 
 # -------------------------------------------------------------------- 2. build cost vs fresh noise
-def timed(fn, reps: int) -> float:
-    fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def build_costs(args: Args) -> tuple[list[dict], list[dict]]:
     reps = 3 if args.quick else 7
     build = []
     for log2 in (20, 22, 24, 25):
         size = 1 << log2
-        seconds = timed(partial(noise_table.__wrapped__, 0, size, torch.device("cpu"), torch.float32), reps)
+        seconds = median_time(
+            partial(noise_table.__wrapped__, 0, size, torch.device("cpu"), torch.float32), reps
+        )
         build.append(dict(table_values=size, table_MB=size * 4 / 1e6, build_ms=seconds * 1e3))
         print(f"  build 2^{log2} values ({size * 4 / 1e6:6.1f} MB): {seconds * 1e3:7.1f} ms", flush=True)
     fresh = []
@@ -222,11 +209,11 @@ def build_costs(args: Args) -> tuple[list[dict], list[dict]]:
             pairs = num_pairs(population, True)
             per_pair = sum((n + m) * rank + m for n, m in zip(widths[:-1], widths[1:]))  # A, B and β
             count = pairs * per_pair
-            seconds = timed(partial(torch.randn, count), reps * 3)
+            seconds = median_time(partial(torch.randn, count), reps * 3)
             default = default_table_size(
                 [(n + m) * rank for n, m in zip(widths[:-1], widths[1:])] + list(widths[1:]), pairs
             )
-            views = timed(partial(_table_views, default, widths, rank, pairs), reps * 3)
+            views = median_time(partial(_table_views, default, widths, rank, pairs), reps * 3)
             fresh.append(dict(
                 model=name, N=population, rank=rank, normals_per_generation=count, randn_ms=seconds * 1e3,
                 table_views_ms=views * 1e3, default_table_values=default,
@@ -268,29 +255,6 @@ def grid(args: Args, problem: LinearProblem) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------------ output
-def machine() -> str:
-    model = platform.machine()
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        model = next(
-            line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")
-        )
-    except (OSError, StopIteration):
-        pass
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return (
-        f"{model}, {os.cpu_count()} logical CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-        f"eggroll-trainer {eggroll_trainer.__version__}; load average at start {load}"
-    )
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def write_results(args: Args, sweep, build, fresh, grid_rows, header: str, elapsed: float) -> Path:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     stem = "noise_table" + ("_quick" if args.quick else "")
@@ -354,7 +318,7 @@ def write_results(args: Args, sweep, build, fresh, grid_rows, header: str, elaps
         for g in grid_rows
     ]
     path = args.out_dir / f"{stem}.md"
-    path.write_text("\n".join(lines) + "\n")
+    write_markdown(path, lines)
     return path
 
 

@@ -1,0 +1,139 @@
+"""What every benchmark script needs: a description of the machine, timing, peak memory, result files.
+
+Scripts in ``benchmarks/`` run as ``python benchmarks/<name>.py``, so this file imports as ``common``:
+
+    from common import RESULTS, machine, median_time, interleaved, median_ratio, peak_rss_bytes, write_csv
+
+* ``machine()``: one line naming the CPU, logical CPUs, torch (and its threads), Python, eggroll-trainer and
+  the load average now, for the caption of every result file: on a shared machine figures move with load.
+* ``times(fn, reps)`` / ``median_time(fn, reps)``: seconds per call, after a warm-up call, for each of
+  ``reps`` repetitions of ``calls`` back-to-back calls / their median.
+* ``interleaved(fns, reps)``: the same for several functions, repetitions as the outer loop, so a burst of
+  load from other processes spoils one repetition of each rather than every repetition of one;
+  ``median_ratio(a, b)`` then compares two of them repetition by repetition.
+* ``peak_rss_bytes(fn)``: resident memory added at the peak of ``fn`` (Linux: resets the high-water mark).
+* ``write_csv(path, rows)``, ``markdown_table(header, rows)``, ``write_markdown(path, lines)``.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import eggroll_trainer
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> str:
+    """``"<CPU model>, <n> logical CPUs, torch <v> (<t> threads), Python <v>, eggroll-trainer <v>; load ..."``."""
+    model = platform.processor() or platform.machine()
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        model = next(
+            line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")
+        )
+    except (OSError, StopIteration):
+        pass
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return (
+        f"{model}, {os.cpu_count()} logical CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"Python {platform.python_version()}, eggroll-trainer {eggroll_trainer.__version__}; "
+        f"load average at start {load}"
+    )
+
+
+# ------------------------------------------------------------------------------------------- timing
+def times(fn: Callable[[], Any], reps: int, calls: int = 1, warmup: int = 1) -> list[float]:
+    """Seconds per call of ``fn`` in each of ``reps`` repetitions of ``calls`` calls, after ``warmup`` calls."""
+    return interleaved({"fn": fn}, reps, calls, warmup)["fn"]
+
+
+def median_time(fn: Callable[[], Any], reps: int, calls: int = 1, warmup: int = 1) -> float:
+    """The median over repetitions of ``times``: robust to the odd repetition slowed by other processes."""
+    return statistics.median(times(fn, reps, calls, warmup))
+
+
+def interleaved(
+    fns: Mapping[str, Callable[[], Any]], reps: int, calls: int | Mapping[str, int] = 1, warmup: int = 1
+) -> dict[str, list[float]]:
+    """Seconds per call of every function, one entry per repetition; repetitions are the outer loop.
+
+    ``calls`` may differ per function (a mapping by name), e.g. more calls for a fast baseline."""
+    per = {name: calls[name] if isinstance(calls, Mapping) else calls for name in fns}
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    out: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(per[name]):
+                fn()
+            out[name].append((time.perf_counter() - t0) / per[name])
+    return out
+
+
+def median_ratio(num: Sequence[float], den: Sequence[float]) -> float:
+    """Median of the per-repetition ratios num[i] / den[i] (both timed under the same load)."""
+    return statistics.median(a / b for a, b in zip(num, den))
+
+
+# ------------------------------------------------------------------------------------------- memory
+def rss() -> dict[str, int]:
+    """``VmRSS`` (resident now) and ``VmHWM`` (peak since the last reset) of this process, in bytes (Linux)."""
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                key, value = line.split(":")
+                out[key] = int(value.split()[0]) * 1024
+    return out
+
+
+def peak_rss_bytes(fn: Callable[[], Any]) -> int:
+    """Peak resident memory added while ``fn`` runs (Linux: reset the high-water mark, run, read it).
+
+    Run it in a fresh process with ``MALLOC_MMAP_THRESHOLD_=65536`` so that large freed blocks leave RSS."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    base = rss()["VmRSS"]
+    fn()
+    return rss()["VmHWM"] - base
+
+
+# ------------------------------------------------------------------------------------------ results
+def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Rows of dicts as a CSV file, columns in the order of the first row's keys."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]], align: str = "") -> list[str]:
+    """Lines of a Markdown table; ``align`` has one letter per column, ``l`` or ``r`` (default: first column
+    left, the others right). Cells are written with ``str``: format numbers before."""
+    align = align or "l" + "r" * (len(header) - 1)
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" if a == "l" else "---:" for a in align) + "|",
+    ]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return lines
+
+
+def write_markdown(path: Path, lines: Sequence[str]) -> None:
+    """Headless Markdown (bold captions, tables), as ``docs/benchmarks.md`` includes result files verbatim."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
