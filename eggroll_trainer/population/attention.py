@@ -17,16 +17,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .population import population_mode
-from .population_ops import is_member_valued, product, with_member_values
+from .elementwise import with_member_values
+from .members import is_member_valued
+from .mode import population_mode
+from .products import product
 
 
 def _project(mode: population_mode, x: Tensor, weight: Tensor, bias: Tensor | None, rows: slice) -> Tensor:
     """x (B, L, E) → (x Wᵀ + b)[..., rows] with each member's perturbation of W and b."""
-    if is_member_valued(mode, weight):
-        y = product(mode, x, weight, None, right=False, what=f"the attention projection {mode.name(weight)}")
-    else:
-        y = F.linear(x, weight)
+    what = f"the attention projection {mode.name(weight)}"
+    if rows == slice(None) and (is_member_valued(mode, weight) or is_member_valued(mode, bias)):
+        return product(mode, x, weight, bias, right=False, what=what)  # bias noise added in place
+    y = (
+        product(mode, x, weight, None, right=False, what=what)
+        if is_member_valued(mode, weight)
+        else F.linear(x, weight)
+    )
     y = y[..., rows]
     if bias is None:
         return y

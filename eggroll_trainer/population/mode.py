@@ -1,28 +1,6 @@
-"""Population mode: one forward evaluates K members at once, for any architecture.
+"""The population-mode context: a ``TorchFunctionMode`` that routes calls on perturbed parameters.
 
-**The batch convention.** Inside :class:`population_mode` the model's batch holds K·b rows, *member-major*:
-member i owns rows i·b … i·b+b−1 (b ≥ 1, found per call from the row count). A tensor whose batch is 1 is
-shared by every member (Hugging Face's position ids). The older ``(K, …)`` form is the case b = 1. The batch
-is dimension 0 (``batch_dim=1`` for sequence-first models). Flattening ``(K·b, T, d) → (K·b·T, d)`` keeps the
-convention (member i then owns b·T consecutive rows), which is why any multiple of K is accepted.
-
-**The mechanism** is a :class:`torch.overrides.TorchFunctionMode`, active only for the duration of the
-context (nothing is patched, nothing about the model object changes). It watches every torch call and
-acts only on calls that receive a *perturbed parameter* (found by identity, so a tied parameter used by two
-modules has one noise):
-
-* products — ``F.linear`` (``nn.Linear`` and its subclasses, Llama's projections, a tied ``lm_head``),
-  ``torch.addmm``/``matmul`` with the weight on the right (Hugging Face ``Conv1D``), ``F.embedding``,
-  ``F.conv1d``/``F.conv2d``, ``F.multi_head_attention_forward`` — get the shared base product plus each
-  member's rank-r term (``population_ops``); nothing of size K·m·n exists;
-* elementwise uses (a norm's weight, a learned position table added to the activations) and norms
-  (``F.layer_norm``, ``F.rms_norm``) get the member's values at that one use, activation-sized;
-* anything else falls back to ``torch.func.vmap`` over the members *of that one call*, with the member's
-  dense parameter values; if even that fails the error names the parameter.
-
-Fitness functions ask :func:`current_population` how many members the current forward holds (fewer than
-the population when the trainer evaluates in chunks).
-"""
+See the package docstring for the batch convention and what each call computes."""
 
 from __future__ import annotations
 
@@ -38,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from .noise import ParamNoise, member_pairs
+from ..noise import ParamNoise, member_pairs
 
 
 @dataclass(frozen=True)
@@ -163,6 +141,9 @@ class population_mode(TorchFunctionMode):
 
     # ----------------------------------------------------------------------------------- context
     def __enter__(self) -> population_mode:
+        from .dispatch import dispatch  # the handlers import this module
+
+        self._dispatch = dispatch
         self._hook = self.model.register_forward_pre_hook(self._root_input, with_kwargs=True)
         try:
             self._announce.__enter__()
@@ -218,9 +199,7 @@ class population_mode(TorchFunctionMode):
         )
         if not hit:
             return func(*args, **kwargs)
-        from .population_ops import dispatch  # the handlers need this module's classes
-
-        return dispatch(self, func, args, kwargs)
+        return self._dispatch(self, func, args, kwargs)
 
     # ------------------------------------------------------------------------------- batch rows
     def rows_of(self, x: Tensor, what: str) -> int | None:

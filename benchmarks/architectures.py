@@ -1,0 +1,288 @@
+"""Population mode on real architectures: a whole generation against plain inference of the same rows.
+
+For a transformer LM (``Embedding`` + learned positions → ``nn.TransformerEncoder`` → ``Linear``), a CNN
+(``Conv2d → Conv2d → Linear``), Hugging Face GPT-2 and Llama (small configs, random init): K = 64 members,
+rank 1, one sequence (32 tokens) or one image per member, so the batch holds 64 rows, member-major.
+
+* plain forward: ``model(x)`` on the same 64 rows, unperturbed, under ``torch.no_grad()``; population
+  forward: the fitness function's own forward inside ``trainer.step()`` (population mode);
+* plain inference: the plain forward scored the same way (the loss), i.e. evaluating the unperturbed
+  model on the task; generation: the whole ``trainer.step()`` (population forward and scores, shaping,
+  update, best-member bookkeeping);
+* peak extra memory of a generation (peak RSS added by one step, one subprocess per model).
+
+Each repetition times plain inference and then a generation, and a ratio is the median of the
+per-repetition ratios, so load from other processes hits both sides alike. Goals (issue 10): generation
+≤ 2.5× plain inference for all four; population forward ≥ 0.8 of plain for the transformer LM.
+
+Run:
+    python benchmarks/architectures.py            # 1 and 2 threads (~3 min on 2 cores)
+    python benchmarks/architectures.py --reps 5   # quicker
+Writes ``benchmarks/results/architectures.md`` (included by docs/benchmarks.md) and ``architectures.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import transformers
+from torch import nn
+
+import eggroll_trainer
+from eggroll_trainer import EGGROLLTrainer, current_population
+
+RESULTS = Path(__file__).resolve().parent / "results"
+K, SEQ, VOCAB, WIDTH = 64, 32, 1000, 128
+GENERATION_GOAL, FORWARD_GOAL = 2.5, 0.8
+
+
+class TransformerLM(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, WIDTH)
+        self.pos = nn.Parameter(torch.randn(SEQ, WIDTH) * 0.02)  # used directly by the forward
+        layer = nn.TransformerEncoderLayer(WIDTH, 4, 4 * WIDTH, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(WIDTH, VOCAB)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, T, V)
+        return self.head(self.encoder(self.embed(tokens) + self.pos))
+
+
+class CNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 32, 3, padding=1)
+        self.conv2 = nn.Conv2d(32, 64, 3, stride=2, padding=1)
+        self.head = nn.Linear(64 * 16 * 16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, 32, 32) -> (B, 10)
+        return self.head(torch.relu(self.conv2(torch.relu(self.conv1(x)))).flatten(1))
+
+
+def gpt2() -> nn.Module:
+    config = transformers.GPT2Config(vocab_size=VOCAB, n_positions=SEQ, n_embd=WIDTH, n_layer=2, n_head=4,
+                                     bos_token_id=0, eos_token_id=0)
+    return transformers.GPT2LMHeadModel(config)
+
+
+def llama() -> nn.Module:
+    config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=WIDTH, intermediate_size=4 * WIDTH,
+                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                      max_position_embeddings=SEQ)  # fmt: skip
+    return transformers.LlamaForCausalLM(config)
+
+
+ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {
+    "transformer LM": TransformerLM, "CNN": CNN, "GPT-2 (HF)": gpt2, "Llama (HF)": llama,
+}  # fmt: skip
+
+
+class Task:
+    """One input per member, different for every member; the score is minus the model's loss."""
+
+    def __init__(self, name: str) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.name = name
+        self.image = name == "CNN"
+        if self.image:
+            self.x = torch.randn(K, 3, 32, 32, generator=g)
+            self.y = torch.randint(0, 10, (K,), generator=g)
+        else:
+            self.x = torch.randint(0, VOCAB, (K, SEQ), generator=g)
+        self.forward_s: list[float] = []
+
+    def logits(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        out = model(input_ids=x) if "HF" in self.name else model(x)
+        return out.logits if hasattr(out, "logits") else out
+
+    def loss(self, logits: torch.Tensor) -> torch.Tensor:  # (K,)
+        if self.image:
+            return nn.functional.cross_entropy(logits, self.y, reduction="none")
+        ce = nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), self.x[:, 1:], reduction="none")
+        return ce.mean(dim=1)
+
+    def fitness(self, model: nn.Module) -> torch.Tensor:
+        assert current_population().size == K
+        t0 = time.perf_counter()
+        logits = self.logits(model, self.x)
+        self.forward_s.append(time.perf_counter() - t0)
+        return -self.loss(logits)
+
+    def plain_forward(self, model: nn.Module) -> None:
+        with torch.no_grad():
+            self.logits(model, self.x)
+
+    def plain(self, model: nn.Module) -> None:
+        """Plain inference of the same rows, scored the same way: the unperturbed model's evaluation."""
+        with torch.no_grad():
+            self.loss(self.logits(model, self.x))
+
+
+def setup(name: str) -> tuple[nn.Module, Task, EGGROLLTrainer]:
+    torch.manual_seed(0)
+    model = ARCHITECTURES[name]().eval()
+    task = Task(name)
+    trainer = EGGROLLTrainer(model.parameters(), model=model, fitness_fn=task.fitness, population_size=K,
+                             learning_rate=1e-3, sigma=1e-2, rank=1, seed=0, batched=True, optimizer="adam")  # fmt: skip
+    return model, task, trainer
+
+
+def bench(threads: int, reps: int) -> list[dict]:
+    torch.set_num_threads(threads)
+    cases = [setup(name) for name in ARCHITECTURES]
+    timings = {name: {"forward": [], "plain": [], "generation": []} for name in ARCHITECTURES}
+    for model, task, trainer in cases:  # warm-up: noise table, first-call caches
+        task.plain(model)
+        trainer.step()
+        task.forward_s.clear()
+    for _ in range(reps):
+        for (model, task, trainer), name in zip(cases, ARCHITECTURES):
+            t0 = time.perf_counter()
+            task.plain_forward(model)
+            t1 = time.perf_counter()
+            task.plain(model)
+            t2 = time.perf_counter()
+            trainer.step()
+            t3 = time.perf_counter()
+            for key, seconds in (("forward", t1 - t0), ("plain", t2 - t1), ("generation", t3 - t2)):
+                timings[name][key].append(seconds)
+    rows = []
+    for (model, task, _), name in zip(cases, ARCHITECTURES):
+        t = timings[name]
+        rows.append(dict(
+            model=name, threads=threads, params=sum(p.numel() for p in model.parameters()),
+            plain_forward_ms=statistics.median(t["forward"]) * 1e3,
+            population_forward_ms=statistics.median(task.forward_s) * 1e3,
+            plain_ms=statistics.median(t["plain"]) * 1e3, generation_ms=statistics.median(t["generation"]) * 1e3,
+            plain_over_forward=statistics.median(p / f for p, f in zip(t["forward"], task.forward_s)),
+            generation_over_plain=statistics.median(g / p for g, p in zip(t["generation"], t["plain"])),
+        ))  # fmt: skip
+        r = rows[-1]
+        print(f"{name:>15} t={threads} | forward: plain {r['plain_forward_ms']:7.2f} ms, population "
+              f"{r['population_forward_ms']:7.2f} ms (plain/population {r['plain_over_forward']:.2f}) | plain "
+              f"inference + score {r['plain_ms']:7.2f} ms, generation {r['generation_ms']:7.2f} ms "
+              f"(= {r['generation_over_plain']:.2f}× plain)", flush=True)  # fmt: skip
+    return rows
+
+
+# ------------------------------------------------------------------------------------------- memory
+def _rss() -> dict[str, int]:
+    with open("/proc/self/status") as f:
+        fields = dict(line.split(":", 1) for line in f if line.startswith(("VmRSS:", "VmHWM:")))
+    return {k: int(v.split()[0]) * 1024 for k, v in fields.items()}
+
+
+def _peak_bytes(fn: Callable[[], None]) -> int:
+    """Peak resident memory added while ``fn`` runs (Linux: reset the high-water mark, run, read it)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    base = _rss()["VmRSS"]
+    fn()
+    return _rss()["VmHWM"] - base
+
+
+def memory_child(name: str) -> None:
+    model, task, trainer = setup(name)
+    task.plain(model)
+    trainer.step()
+    print(json.dumps({"plain": _peak_bytes(lambda: task.plain(model)), "generation": _peak_bytes(trainer.step)}))
+
+
+def memory() -> dict[str, dict]:
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")  # large blocks mmapped: freed memory leaves RSS
+    out = {}
+    for name in ARCHITECTURES:
+        cmd = [sys.executable, __file__, "--memory-child", name]
+        result = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
+        out[name] = json.loads(result.strip().splitlines()[-1])
+        print(f"{name:>15} peak extra memory: generation {out[name]['generation'] / 1e6:.1f} MB, "
+              f"plain inference {out[name]['plain'] / 1e6:.1f} MB", flush=True)  # fmt: skip
+    return out
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        cpu = next(line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name"))
+    except (OSError, StopIteration):
+        pass
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return (f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, transformers "
+            f"{transformers.__version__}, eggroll-trainer {eggroll_trainer.__version__}; load average at start {load}")  # fmt: skip
+
+
+def write(rows: list[dict], mem: dict[str, dict], header: str, elapsed: float, reps: int) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    with open(RESULTS / "architectures.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[*rows[0], "generation_peak_MB", "plain_peak_MB"])
+        writer.writeheader()
+        for r in rows:
+            m = mem.get(r["model"], {})
+            writer.writerow({**r, "generation_peak_MB": m.get("generation", 0) / 1e6, "plain_peak_MB": m.get("plain", 0) / 1e6})
+    lines = [
+        f"**Population mode on real architectures.** `python benchmarks/architectures.py --reps {reps}` "
+        f"({elapsed / 60:.1f} min) on {header}.",
+        "",
+        f"K = {K} members, rank 1, one sequence of {SEQ} tokens (vocabulary {VOCAB}, width {WIDTH}, 2 layers) or one "
+        "32×32 RGB image per member; ratios are medians of per-repetition ratios. *population forward*: the "
+        "fitness function's forward inside `trainer.step()`; *plain inference + score*: the unperturbed model "
+        "on the same rows, scored by the same loss; *generation*: the whole step. Goals (issue 10): "
+        f"generation ≤ {GENERATION_GOAL}× plain inference; plain / population forward ≥ {FORWARD_GOAL} for the "
+        "transformer LM.",
+        "",
+        "| model | params | threads | plain forward (ms) | population forward (ms) | plain / population "
+        "forward | plain inference + score (ms) | generation (ms) | generation / plain | peak extra memory of "
+        "a generation (MB) | of plain inference (MB) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        m = mem.get(r["model"])
+        peak = "—" if m is None else f"{m['generation'] / 1e6:.1f}"
+        plain_peak = "—" if m is None else f"{m['plain'] / 1e6:.1f}"
+        ok = "met" if r["generation_over_plain"] <= GENERATION_GOAL else "MISSED"
+        lines.append(
+            f"| {r['model']} | {r['params'] / 1e6:.2f} M | {r['threads']} | {r['plain_forward_ms']:.2f} "
+            f"| {r['population_forward_ms']:.2f} | {r['plain_over_forward']:.2f} | {r['plain_ms']:.2f} "
+            f"| {r['generation_ms']:.2f} | {r['generation_over_plain']:.2f}× ({ok}) "
+            f"| {peak} | {plain_peak} |"
+        )
+    lines += ["", f"Memory: peak RSS added by one step after a warm-up, one subprocess per model, {torch.get_num_threads()} thread(s)."]
+    path = RESULTS / "architectures.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--reps", type=int, default=15)
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--no-memory", dest="memory", action="store_false")
+    p.add_argument("--memory-child", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.memory_child:
+        memory_child(args.memory_child)
+        return
+    start = time.perf_counter()
+    header = machine()
+    print(header, flush=True)
+    rows = [row for threads in args.threads for row in bench(threads, args.reps)]
+    mem = memory() if args.memory else {}
+    path = write(rows, mem, header, time.perf_counter() - start, args.reps)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""Which handler a torch call on a perturbed parameter goes to."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .attention import multi_head_attention
+from .elementwise import elementwise, norm
+from .fallback import derive, vmap_fallback
+from .members import is_activation, is_member_valued
+from .mode import population_mode
+from .products import conv, embedding, linear, right_product
+
+
+def _elementwise_funcs() -> set[Any]:
+    names = ("add", "sub", "mul", "div", "__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__",
+             "__truediv__", "__rtruediv__", "add_", "sub_", "mul_", "div_", "__iadd__", "__isub__", "__imul__",
+             "__itruediv__")  # fmt: skip
+    funcs = {getattr(Tensor, n) for n in names}
+    return funcs | {torch.add, torch.sub, torch.mul, torch.div}
+
+
+ELEMENTWISE = _elementwise_funcs()
+RIGHT_PRODUCTS = {torch.addmm, Tensor.addmm, torch.matmul, Tensor.matmul, Tensor.__matmul__}
+CONVS = {F.conv1d, F.conv2d}
+NORMS = {F.layer_norm} | ({F.rms_norm} if hasattr(F, "rms_norm") else set())
+
+
+def dispatch(mode: population_mode, func: Any, args: tuple, kwargs: dict) -> Any:
+    if func is F.multi_head_attention_forward:
+        return multi_head_attention(mode, *args, **kwargs)
+    if func is Tensor.copy_ and not is_member_valued(mode, args[0]):  # copying a parameter out copies θ
+        return func(*args, **kwargs)
+    if func is Tensor.__getitem__ or not any(is_activation(mode, a) for a in (*args, *kwargs.values())):
+        return derive(mode, func, args, kwargs)
+    if mode.batch_dim == 1:
+        return _sequence_first(mode, func, args, kwargs)
+    return _route(mode, func, args, kwargs)
+
+
+def _route(mode: population_mode, func: Any, args: tuple, kwargs: dict) -> Any:
+    if func is F.linear:
+        return linear(mode, *args, **kwargs)
+    if func is F.embedding:
+        return embedding(mode, *args, **kwargs)
+    if func in RIGHT_PRODUCTS:
+        return right_product(mode, func, args, kwargs)
+    if func in CONVS:
+        return conv(mode, func, args, kwargs)
+    if func in NORMS:
+        return norm(mode, func, args, kwargs)
+    if func in ELEMENTWISE and len(args) >= 2:
+        return elementwise(mode, func, args, kwargs)
+    return vmap_fallback(mode, func, args, kwargs)
+
+
+def _sequence_first(mode: population_mode, func: Any, args: tuple, kwargs: dict) -> Any:
+    """batch_dim=1: bring the batch of every activation to the front, compute, and move it back."""
+
+    def front(t: Any) -> Any:
+        return t.transpose(0, 1) if is_activation(mode, t) and t.dim() >= 2 else t
+
+    out = _route(mode, func, tuple(front(a) for a in args), {key: front(v) for key, v in kwargs.items()})
+    return tuple(o.transpose(0, 1) if isinstance(o, Tensor) and o.dim() >= 2 else o for o in out) if isinstance(
+        out, tuple) else (out.transpose(0, 1) if isinstance(out, Tensor) and out.dim() >= 2 else out)  # fmt: skip

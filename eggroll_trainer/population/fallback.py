@@ -1,0 +1,79 @@
+"""What has no fast path: ops on parameters alone become *derived* tensors (the op is replayed on each
+member's values where they are used); any other call runs under ``torch.func.vmap`` over the members."""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .members import in_place, is_activation, is_member_valued, member_values, name_of
+from .mode import population_mode
+
+
+def derive(mode: population_mode, func: Any, args: tuple, kwargs: dict) -> Any:
+    """An op on perturbed parameters alone (``W.t()``, ``pos[:T]``, ``w.to(dtype)``): computed on θ, and
+    remembered, so that a later use applies the same op to each member's values."""
+    if args and is_member_valued(mode, args[0]) and (in_place(func) or func is Tensor.__setitem__):
+        raise ValueError(f"population mode: in-place {name_of(func)} on the perturbed {mode.name(args[0])}")
+    out = func(*args, **kwargs)
+    index = next((i for i, a in enumerate(args) if is_member_valued(mode, a)), None)
+    if not isinstance(out, Tensor) or index is None:  # (a parameter passed as a keyword: a constant)
+        return out
+    source = args[index]
+
+    def per_member(values: Tensor) -> Tensor:
+        def one(v: Tensor) -> Tensor:
+            return func(*args[:index], v, *args[index + 1 :], **kwargs)
+
+        return torch.func.vmap(one)(values)
+
+    mode.derived[id(out)] = (out, source, per_member)
+    weakref.finalize(out, mode.derived.pop, id(out), None)
+    return out
+
+
+def vmap_fallback(mode: population_mode, func: Any, args: tuple, kwargs: dict) -> Any:
+    """Any other call: ``torch.func.vmap`` over the members, each with its dense parameter values and its
+    own rows of every batched input."""
+    k = mode.info.size
+    flat = list(args) + list(kwargs.values())
+    inputs, in_dims, batched = [], [], False
+    param = next(a for a in flat if is_member_valued(mode, a))
+    for a in flat:
+        if is_member_valued(mode, a):
+            inputs.append(member_values(mode, a))
+            in_dims.append(0)
+        elif is_activation(mode, a) and a.shape[0] % k == 0:
+            inputs.append(a.reshape(k, a.shape[0] // k, *a.shape[1:]))
+            in_dims.append(0)
+            batched = True
+        else:
+            inputs.append(a)
+            in_dims.append(None)
+    positional, names = len(args), list(kwargs)
+
+    def one(*values: Any) -> Any:
+        return func(*values[:positional], **dict(zip(names, values[positional:])))
+
+    try:
+        out = torch.func.vmap(one, in_dims=tuple(in_dims), randomness="different")(*inputs)
+    except Exception as error:
+        raise RuntimeError(
+            f"population mode: {name_of(func)} on the perturbed parameter {mode.name(param)} "
+            f"has no fast path and fails under torch.func.vmap ({type(error).__name__}: {error}); use "
+            "sequential evaluation (batched=False) for this model"
+        ) from error
+
+    def rows(t: Any) -> Any:  # (K, b, ...) -> (K·b, ...); a shared input's (K, 1, ...) -> (K·b, ...)
+        if not isinstance(t, Tensor) or t.dim() < 2:
+            return t
+        if batched:
+            return t.reshape(-1, *t.shape[2:])
+        if t.shape[1] == 1:
+            return t.reshape(k, *t.shape[2:]).repeat_interleave(mode.shared_rows() // k, dim=0)
+        return t
+
+    return tuple(rows(t) for t in out) if isinstance(out, tuple) else rows(out)

@@ -1,0 +1,199 @@
+"""Products with a perturbed weight: shared base product + each member's rank-r term.
+
+Shapes: K members in this call, b rows per member (so the batch holds R = K·b rows), r the rank, G groups
+of S mirrors (S = 2 when a call holds both members of every antithetic pair, else 1).
+
+Low-rank noise on a parameter P read as the matrix m×n is E = A Bᵀ/√r, A (m, r), B (n, r). Where the
+forward consumes P in a product, member i's extra term is rank-r work:
+
+* ``F.linear``  (y = x Pᵀ):  y_i += σ s_i (x_i B) Aᵀ/√r
+* ``addmm``/``matmul`` with P on the right (y = x P, Hugging Face ``Conv1D``):  y_i += σ s_i (x_i A) Bᵀ/√r
+* ``F.embedding`` (y = P[ids]):  y_i += σ s_i A[ids_i] Bᵀ/√r  — a gather of r numbers per token
+* ``F.conv*d`` with the kernel read as out × (in·k):  y_i += σ s_i/√r · A · conv(x_i, B̃), B̃ = Bᵀ as (r, in, k…)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .fallback import vmap_fallback
+from .members import is_activation, is_member_valued, member_factors, member_values, product_noise
+from .mode import population_mode
+
+
+def product(
+    mode: population_mode, x: Tensor, weight: Tensor, bias: Tensor | None, right: bool, what: str
+) -> Tensor:
+    """``F.linear(x, W, b)`` (or ``x W + b``) for every member: the shared base product once, plus each
+    member's rank-r term added in place. Nothing of size K·m·n is formed."""
+    k = mode.info.size
+    if x.dim() < 2:
+        raise ValueError(
+            f"population mode: {what} got a 1-D input of shape {tuple(x.shape)}: it needs a batch"
+        )
+    per = mode.rows_of(x, what)
+
+    def base(inp: Tensor) -> Tensor:
+        if right:
+            return torch.matmul(inp, weight) if bias is None else torch.matmul(inp, weight).add_(bias)
+        return F.linear(inp, weight, bias)
+
+    shared = per is None or x.stride(0) == 0  # one block of rows serves every member: no copy of x
+    if shared:
+        total = mode.shared_rows() if per is None else x.shape[0]
+        y = base(x[:1]).expand(total, *([-1] * (x.dim() - 1))).contiguous()  # (R, ..., out)
+    else:
+        y = base(x)
+        y = y if y.is_contiguous() else y.contiguous()
+    plan = product_noise(mode, weight, bias, right)
+    g, s, out = plan.groups, plan.mirrors, y.shape[-1]
+    rows = y.numel() // (k * out)  # per member
+    y4 = y.view(g, s, rows, out)  # member j·S + t at (j, t)
+    n = x.shape[-1]
+    if plan.a_t is not None:
+        if shared:
+            x_block = x[:1].expand(rows // math.prod(x.shape[1:-1]), *x.shape[1:]).reshape(rows, n)
+            xb = torch.bmm(x_block.expand(g, rows, n), plan.b)  # (G, rows, r): one x B per group
+            for t in range(s):  # both mirrors see the same x: the second takes -α
+                _outer_add(y4[:, t], xb, plan.a_t, -plan.alpha if t else plan.alpha)
+        else:
+            xb = torch.bmm(x.reshape(g, s * rows, n), plan.b)  # (G, S·rows, r)
+            if s == 2:
+                xb[:, rows:].neg_()  # mirror members take -E
+            _outer_add(y4.view(g, s * rows, out), xb, plan.a_t, plan.alpha)
+    elif plan.eps_t is not None:
+        x4 = x[:1].reshape(1, 1, -1, n).expand(g, s, rows, n) if shared else x.reshape(g, s, rows, n)
+        for t in range(s):
+            xs = x4[:, t] if plan.signs is None else x4[:, t] * plan.signs.to(x.dtype).view(-1, 1, 1)
+            y4[:, t].baddbmm_(xs, plan.eps_t, alpha=-plan.alpha if t else plan.alpha)
+    if plan.beta is not None:  # y_i += σ_b s_i β_k
+        y4[:, 0].add_(plan.beta, alpha=plan.sigma_b)
+        if s == 2:
+            y4[:, 1].sub_(plan.beta, alpha=plan.sigma_b)
+    return y
+
+
+def _outer_add(y: Tensor, xb: Tensor, a_t: Tensor, alpha: float) -> None:
+    """y (G, rows, out) += α · xb (G, rows, r) @ a_t (G, r, out); for r = 1 an elementwise outer product,
+    which CPU runs faster than a batch of rank-1 GEMMs."""
+    if a_t.shape[1] == 1:
+        y.addcmul_(xb, a_t, value=alpha)
+    else:
+        y.baddbmm_(xb, a_t, alpha=alpha)
+
+
+def linear(mode: population_mode, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    if is_member_valued(mode, weight) and (id(weight) in mode.derived or weight.dim() != 2):
+        return vmap_fallback(mode, F.linear, (x, weight, bias), {})
+    if bias is not None and id(bias) in mode.derived:
+        return vmap_fallback(mode, F.linear, (x, weight, bias), {})
+    return product(mode, x, weight, bias, right=False, what=f"F.linear with {mode.name(weight)}")
+
+
+def right_product(mode: population_mode, func: Any, args: tuple, kwargs: dict) -> Tensor:
+    """``torch.addmm(bias, x, W)`` / ``x @ W`` with the perturbed W on the right."""
+    if func in (torch.addmm, Tensor.addmm):
+        bias, x, weight = args[:3]
+        plain = kwargs.get("beta", 1) == 1 and kwargs.get("alpha", 1) == 1 and len(args) == 3
+    else:
+        (x, weight), bias, plain = args[:2], None, len(args) == 2
+    ok = (
+        plain
+        and is_activation(mode, x)
+        and x.dim() >= 2
+        and id(weight) in mode.perturbed
+        and weight.dim() == 2
+        and (bias is None or bias.dim() == 1)
+        and not (bias is not None and id(bias) in mode.derived)
+    )
+    if not ok:
+        return vmap_fallback(mode, func, args, kwargs)
+    return product(mode, x, weight, bias, right=True, what=f"a product with {mode.name(weight)}")
+
+
+# ----------------------------------------------------------------------------- embedding, conv
+def embedding(
+    mode: population_mode,
+    ids: Tensor,
+    weight: Tensor,
+    padding_idx: int | None = None,
+    max_norm: float | None = None,
+    norm_type: float = 2.0,
+    scale_grad_by_freq: bool = False,
+    sparse: bool = False,
+) -> Tensor:
+    """y_i = P[ids_i] + σ s_i A[ids_i] Bᵀ/√r: the shared lookup plus a gather of r numbers per token."""
+    if max_norm is not None:
+        raise ValueError(
+            f"population mode: the embedding {mode.name(weight)} has max_norm set, which renormalises the "
+            "weight in place; use sequential evaluation (batched=False)"
+        )
+    if id(weight) in mode.derived or not mode.perturbed[id(weight)].noise.spec.low_rank:
+        return vmap_fallback(mode, F.embedding, (ids, weight, padding_idx), {})
+    k = mode.info.size
+    per = mode.rows_of(ids, f"the embedding {mode.name(weight)}")
+    y = F.embedding(ids, weight, padding_idx)  # (R, ..., d): the shared lookup
+    if per is None:
+        ids = ids.expand(mode.shared_rows(), *ids.shape[1:])
+        y = y.expand(mode.shared_rows(), *y.shape[1:])
+    y = y.contiguous()
+    a_t, b_t = member_factors(mode, weight)  # (K, r, V) scaled, (K, r, d)
+    mode.seen.add(id(weight))
+    index = ids.reshape(k, 1, -1).expand(k, a_t.shape[1], -1)  # (K, r, L)
+    gathered = torch.gather(a_t, 2, index)  # (K, r, L): A_i[ids_i]
+    y.view(k, -1, y.shape[-1]).baddbmm_(gathered.transpose(1, 2), b_t)  # (K, L, d)
+    return y
+
+
+def conv(mode: population_mode, func: Any, args: tuple, kwargs: dict) -> Tensor:
+    """conv(x_i, W + σ s_i E_i) = conv(x_i, W) + σ s_i/√r · A_i conv(x_i, B̃_i): a grouped convolution of
+    all members to r channels each, then a 1×1 mix by A_i."""
+    names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+    call = dict(zip(names, args)) | kwargs
+    x, weight, bias = call["input"], call["weight"], call.get("bias")
+    rest = {key: call[key] for key in ("stride", "padding", "dilation") if key in call}
+    fine = (
+        call.get("groups", 1) == 1
+        and is_activation(mode, x)
+        and id(weight) in mode.perturbed
+        and mode.perturbed[id(weight)].noise.spec.low_rank
+        and not (bias is not None and id(bias) in mode.derived)
+    )
+    if not fine:
+        return vmap_fallback(mode, func, args, kwargs)
+    k = mode.info.size
+    spatial = weight.dim() - 2
+    if x.dim() == spatial + 3:  # the (K, B, C, ...) form: members and their batch as K·B rows
+        y = conv(mode, func, (x.flatten(0, 1), weight, bias), {**rest, "groups": 1})
+        return y.view(*x.shape[:2], *y.shape[1:])
+    per = mode.rows_of(x, f"the convolution {mode.name(weight)}")
+    if per is None:
+        x, per = x.expand(mode.shared_rows(), *x.shape[1:]), mode.shared_rows() // k
+    plain_bias = None if bias is None or id(bias) in mode.perturbed else bias
+    y = func(x, weight, plain_bias, **rest).contiguous()  # (R, out, *S')
+    a_t, b_t = member_factors(mode, weight)  # (K, r, out) scaled, (K, r, in·k…)
+    mode.seen.add(id(weight))
+    r, channels = a_t.shape[1], x.shape[1]
+    # conv(x_i, B̃_i) = Σ_c x_i[c] ⋆ B̃_i[:, c]: one depthwise convolution over all K·C channels (r filters
+    # each), summed over c — CPU runs it several times faster than the equivalent K-group convolution.
+    x_groups = x.reshape(k, per, *x.shape[1:]).transpose(0, 1).reshape(per, k * channels, *x.shape[2:])
+    filters = (
+        b_t.reshape(k, r, *weight.shape[1:]).transpose(1, 2).reshape(k * channels * r, 1, *weight.shape[2:])
+    )
+    z = func(x_groups, filters, None, groups=k * channels, **rest)  # (b, K·C·r, *S')
+    z = z.reshape(per, k, channels, r, -1).sum(dim=2)  # (b, K, r, S')
+    out = y.shape[1]
+    y_members = y.view(k, per, out, -1)  # (K, b, out, S')
+    if r == 1:  # the 1×1 mix is an outer product: added in place, no temporary
+        y_members.addcmul_(a_t.view(k, 1, out, 1), z.transpose(0, 1))
+    else:
+        delta = torch.bmm(a_t.transpose(1, 2), z.permute(1, 2, 0, 3).reshape(k, r, -1))  # (K, out, b·S')
+        y_members.add_(delta.view(k, out, per, -1).transpose(1, 2))
+    if bias is not None and id(bias) in mode.perturbed:
+        y_members.add_(member_values(mode, bias).view(k, 1, out, 1))  # (K, out): θ_b + σ s_i β_i
+    return y
