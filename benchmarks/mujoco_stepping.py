@@ -1,7 +1,7 @@
-"""How fast can 33 MuJoCo environments be stepped in lockstep on this machine? (examples/mujoco_agent.py)
+"""How fast can 33 MuJoCo environments be stepped in lockstep on this machine? (eggroll_trainer.rl)
 
-Random actions, no policy: one bare environment (the throughput reference of the example), gymnasium's
-``SyncVectorEnv`` and ``AsyncVectorEnv``, and the example's ``LockstepEnvs`` in one process and split
+Random actions, no policy: one bare environment (the throughput reference of examples/mujoco_agent.py),
+gymnasium's ``SyncVectorEnv`` and ``AsyncVectorEnv``, and ``eggroll_trainer.rl.LockstepEnvs`` in one process and split
 over the main process and one worker. Each is timed for ``--seconds`` and the list is repeated
 ``--repeats`` times (the machine is shared: look at the spread). Writes
 ``benchmarks/results/mujoco_stepping.md``.
@@ -13,20 +13,17 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib.util
 import os
-import sys
 import time
 from pathlib import Path
 
+os.environ.setdefault("MUJOCO_GL", "disable")  # stepping needs no OpenGL
+import gymnasium as gym
 import numpy as np
 
+from eggroll_trainer.rl import LockstepEnvs, bare_steps_per_s
+
 ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("mujoco_agent", ROOT / "examples" / "mujoco_agent.py")
-agent = importlib.util.module_from_spec(spec)
-sys.modules["mujoco_agent"] = agent
-spec.loader.exec_module(agent)
-gym = agent.gym
 
 
 def timed(step, n: int, seconds: float) -> float:
@@ -51,7 +48,7 @@ def vector(kind: str, make_env, n: int, seconds: float) -> float:
 
 
 def lockstep(make_env, n: int, seconds: float, split: bool) -> float:
-    envs = agent.LockstepEnvs(make_env, n, num_workers=1 if split else 0, probe_every=10**9)
+    envs = LockstepEnvs(make_env, n, num_workers=1 if split else 0, probe_every=10**9)
     envs.reset(np.arange(n))
     actions = np.random.default_rng(0).uniform(-1, 1, (64, n, envs.act_dim))
     i = iter(range(10**12))
@@ -78,7 +75,7 @@ def main() -> None:
     # No time limit: the timed stretch never hits an episode end (HalfCheetah never terminates).
     make_env = functools.partial(gym.make, args.env_id, disable_env_checker=True, max_episode_steps=10**9)
     cases = {
-        "one bare environment (the reference)": lambda: agent.bare_steps_per_s(make_env, args.seconds, 0),
+        "one bare environment (the reference)": lambda: bare_steps_per_s(make_env, args.seconds, 0),
         f"SyncVectorEnv({args.envs})": lambda: vector("sync", make_env, args.envs, args.seconds),
         f"AsyncVectorEnv({args.envs})": lambda: vector("async", make_env, args.envs, args.seconds),
         f"LockstepEnvs({args.envs}), one process": lambda: lockstep(make_env, args.envs, args.seconds, False),

@@ -1,16 +1,20 @@
-"""MuJoCo results table: examples/mujoco_agent.py over several seeds at a fixed environment-step budget.
+"""MuJoCo suite table: examples/mujoco_agent.py per task and seed, against the ARS thresholds and wall budgets.
 
-Each (task, seed) runs the example script with its default settings and ``--total-env-steps BUDGET`` in a
-subprocess (one at a time: the runs time themselves and use both cores). Finished runs are reused, so an
-interrupted table resumes where it stopped. Writes ``benchmarks/results/mujoco_table.md`` and
-``benchmarks/results/mujoco_curves.png``.
+Each (task, seed) runs the example with its preset (``--env-id TASK --seed S --time-budget BUDGET``) in a
+subprocess, one at a time (the runs time themselves and use both cores). From each run's ``metrics.csv``:
+the wall time and env steps until the unperturbed policy's ``eval_return`` first reached the task's threshold,
+the last ``eval_return``, the saved policy's 5-episode evaluation, and env steps/s against bare single-env
+stepping measured in the same run. Finished runs are reused, so an interrupted table resumes. Writes
+``benchmarks/results/mujoco_table.md`` and ``benchmarks/results/mujoco_curves.png``.
 
-    python benchmarks/mujoco_table.py                                   # 4 tasks x 3 seeds x 1 M steps
-    python benchmarks/mujoco_table.py --envs HalfCheetah-v5 --seeds 0   # a subset
+    python benchmarks/mujoco_table.py                               # 5 tasks x 3 seeds at the goal budgets
+    python benchmarks/mujoco_table.py --envs Hopper-v5 --seeds 0    # a subset
+    python benchmarks/mujoco_table.py --envs Humanoid-v5            # the stretch goal (60 min per seed)
 
-``--evotorch-python PATH`` adds, on HalfCheetah-v5, EvoTorch's PGPE + ClipUp (linear policy, observation
-normalisation) at the same budget, run by that interpreter — a separate virtual environment with
-``evotorch`` installed, never this project's.
+``--evotorch-python PATH`` adds EvoTorch's PGPE + ClipUp on HalfCheetah and Hopper at the same wall budget, run
+by that interpreter (a separate virtual environment with ``evotorch`` installed, never this project's), with the
+settings of EvoTorch's MuJoCo example (linear policy, observation normalisation, the alive bonus removed on
+Hopper), evaluating in one process (``num_actors=0``: Ray's actors starved on this shared 2-core machine).
 """
 
 from __future__ import annotations
@@ -33,39 +37,42 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "mujoco_agent.py"
-
-# EvoTorch's MuJoCo recipe (PGPE + ClipUp, linear policy, observation normalisation, the settings of its
-# MuJoCo example: popsize 200 growing until 150 k interactions per generation, center lr 0.01125, ClipUp
-# max speed 0.015, radius 0.27), stopped at the same environment-step budget. Writes a metrics.csv with the
-# example's first columns: eval_return is one episode of the center solution. `--evotorch-actors 0` (the
-# default) evaluates in the one process: Ray's actors run at a lower CPU priority, and on a busy shared
-# machine they starved (no generation of 200 k steps in 4 minutes).
+# ARS (Mania et al. 2018) thresholds, and the wall budgets of issue 12 on a 2-core machine (seconds).
+GOALS = {
+    "Swimmer-v5": (325, 300),
+    "Hopper-v5": (3120, 600),
+    "HalfCheetah-v5": (3430, 120),
+    "Walker2d-v5": (4390, 900),
+    "Ant-v5": (3580, 900),
+    "Humanoid-v5": (6000, 3600),
+}
 EVOTORCH_PROGRAM = r"""
 import csv, sys, time
 import torch
 from evotorch.algorithms import PGPE
 from evotorch.neuroevolution import GymNE
 
-env_id, seed, budget, out, actors = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+env_id, seed, budget, out, shift = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4], float(sys.argv[5])
 torch.manual_seed(seed)
 problem = GymNE(env=env_id, network="Linear(obs_length, act_length)", observation_normalization=True,
-                decrease_rewards_by=0.0, num_actors=actors)
+                decrease_rewards_by=shift, num_actors=0)
 searcher = PGPE(problem, popsize=200, center_learning_rate=0.01125, stdev_learning_rate=0.1,
                 optimizer="clipup", optimizer_config={"max_speed": 0.015}, radius_init=0.27,
                 num_interactions=150_000, popsize_max=3200)
-start = time.perf_counter()
+start, evaluating = time.perf_counter(), 0.0
 with open(out, "w", newline="") as fh:
     writer = csv.writer(fh)
     writer.writerow(["generation", "env_steps", "wall_time_s", "mean_return", "eval_return"])
     for generation in range(1, 10**9):
         searcher.step()
-        steps = int(searcher.status["total_interaction_count"])
-        wall = time.perf_counter() - start  # the center's evaluation below is not timed or counted
+        wall = time.perf_counter() - start - evaluating  # the center's evaluation below is not timed
+        t = time.perf_counter()
         center = problem.run(searcher.status["center"], update_stats=False, num_episodes=1)
-        writer.writerow([generation, steps, round(wall, 2), float(searcher.status["mean_eval"]),
-                         float(center["cumulative_reward"])])
+        evaluating += time.perf_counter() - t
+        writer.writerow([generation, int(searcher.status["total_interaction_count"]), round(wall, 2),
+                         float(searcher.status["mean_eval"]), float(center["cumulative_reward"])])
         fh.flush()
-        if steps >= budget:
+        if wall >= budget:
             break
 """
 
@@ -74,39 +81,37 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--envs", nargs="+", default=["HalfCheetah-v5", "Hopper-v5", "Walker2d-v5", "Ant-v5"])
+    parser.add_argument(
+        "--envs", nargs="+", default=[e for e in GOALS if e != "Humanoid-v5"], choices=list(GOALS)
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--env-steps", type=int, default=1_000_000, help="budget per run (default: 1 M)")
+    parser.add_argument("--budget-scale", type=float, default=1.0, help="multiplies every wall budget")
     parser.add_argument("--runs-dir", default="runs/mujoco_table", help="one sub-directory per run")
     parser.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
     parser.add_argument("--evotorch-python", default=None, help="python of a venv with evotorch installed")
-    parser.add_argument(
-        "--evotorch-actors", type=int, default=0, help="EvoTorch's num_actors (Ray processes)"
-    )
     return parser.parse_args()
 
 
-def run_agent(env_id: str, seed: int, budget: int, out: Path) -> dict:
+def run_agent(env_id: str, seed: int, budget: float, out: Path) -> dict:
     if not (out / "summary.json").exists():
         cmd = [sys.executable, str(SCRIPT), "--env-id", env_id, "--seed", str(seed)]
-        cmd += ["--total-env-steps", str(budget), "--output-dir", str(out)]
+        cmd += ["--time-budget", str(budget), "--output-dir", str(out)]
         print(" ".join(cmd), flush=True)
         subprocess.run(cmd, cwd=ROOT, check=True, stderr=subprocess.DEVNULL)  # stderr: the progress bar
     return json.loads((out / "summary.json").read_text())
 
 
-def run_evotorch(python: str, env_id: str, seed: int, budget: int, out: Path, actors: int = 0) -> Path:
+def run_evotorch(python: str, env_id: str, seed: int, budget: float, out: Path) -> dict[str, np.ndarray]:
     metrics = out / "metrics.csv"
     if not metrics.exists():
         out.mkdir(parents=True, exist_ok=True)
-        print(f"EvoTorch PGPE: {env_id} seed {seed}, {actors} actors", flush=True)
+        print(f"EvoTorch PGPE: {env_id} seed {seed}, {budget:.0f} s", flush=True)
         partial = out / "metrics.partial.csv"  # renamed when the run completes, so a rerun resumes cleanly
-        subprocess.run(
-            [python, "-c", EVOTORCH_PROGRAM, env_id, str(seed), str(budget), str(partial), str(actors)],
-            check=True,
-        )
+        shift = "0" if env_id.startswith("HalfCheetah") else "1"
+        subprocess.run([python, "-c", EVOTORCH_PROGRAM, env_id, str(seed), str(budget), str(partial), shift],
+                       check=True)  # fmt: skip
         partial.rename(metrics)
-    return metrics
+    return read_metrics(metrics)
 
 
 def read_metrics(path: Path) -> dict[str, np.ndarray]:
@@ -115,79 +120,82 @@ def read_metrics(path: Path) -> dict[str, np.ndarray]:
     return {key: np.array([float(r[key]) for r in rows]) for key in rows[0]}
 
 
-def mean_std(values: list[float]) -> str:
-    return f"{np.mean(values):.0f} ± {np.std(values):.0f}"
+def to_threshold(m: dict[str, np.ndarray], threshold: float) -> tuple[float, float] | None:
+    """(wall seconds, env steps) at the first generation whose eval_return reached the threshold."""
+    hit = np.flatnonzero(m["eval_return"] >= threshold)
+    return None if len(hit) == 0 else (m["wall_time_s"][hit[0]], m["env_steps"][hit[0]])
+
+
+def cell(hit: tuple[float, float] | None) -> str:
+    return "–" if hit is None else f"{hit[0]:.0f} s, {hit[1] / 1e6:.2f} M"
 
 
 def main() -> None:
     args = parse_args()
     runs, out_dir = Path(args.runs_dir), Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    results: dict[str, list[tuple[dict, dict[str, np.ndarray]]]] = {}
-    for env_id in args.envs:
-        for seed in args.seeds:
-            run = runs / f"{env_id}__seed{seed}"
-            summary = run_agent(env_id, seed, args.env_steps, run)
-            results.setdefault(env_id, []).append((summary, read_metrics(run / "metrics.csv")))
-    evotorch = []
-    if args.evotorch_python:
-        for seed in args.seeds:
-            path = run_evotorch(
-                args.evotorch_python,
-                "HalfCheetah-v5",
-                seed,
-                args.env_steps,
-                runs / f"evotorch__HalfCheetah-v5__seed{seed}",
-                args.evotorch_actors,
-            )
-            evotorch.append(read_metrics(path))
-
     lines = [
-        f"**MuJoCo results: EGGROLL, linear policy, {args.env_steps:,} environment steps per run**",
+        "**MuJoCo suite: EGGROLL presets of `examples/mujoco_agent.py` against the ARS thresholds**",
         "",
-        f"`python benchmarks/mujoco_table.py --env-steps {args.env_steps} --seeds {' '.join(map(str, args.seeds))}"
+        f"`python benchmarks/mujoco_table.py --envs {' '.join(args.envs)} --seeds {' '.join(map(str, args.seeds))}"
+        + (f" --budget-scale {args.budget_scale:g}" if args.budget_scale != 1 else "")
         + (" --evotorch-python PATH" if args.evotorch_python else "")
-        + "` "
-        f"on {platform.machine()} with {os.cpu_count()} CPU cores (shared with other jobs), "
-        f"{time.strftime('%Y-%m-%d')}. Defaults of `examples/mujoco_agent.py` (N=32, σ=0.03, Adam lr=0.02, rank 1).",
+        + f"` on {platform.machine()} with {os.cpu_count()} CPU cores, {time.strftime('%Y-%m-%d')}. Per seed: "
+        "wall time and env steps until the unperturbed policy's `eval_return` first reached the threshold, "
+        "then the last `eval_return`.",
         "",
-        "| task | seeds | eval return at the end (θ, last generation) | saved policy, 5 episodes | wall time (s) | env steps/s | × bare stepping |",
-        "|---|---|---|---|---|---|---|",
+        "| task | threshold | budget | seeds: to threshold; last eval_return | median last | median to threshold "
+        "| saved policy, 5 episodes | env steps/s | × bare | goal |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---|",
     ]
-    for env_id, entries in results.items():
-        summaries = [s for s, _ in entries]
+    curves: dict[str, list[tuple[str, dict[str, np.ndarray]]]] = {}
+    for env_id in args.envs:
+        threshold, budget = GOALS[env_id][0], GOALS[env_id][1] * args.budget_scale
+        summaries, metrics = [], []
+        for seed in args.seeds:
+            run = runs / f"{env_id}__seed{seed}__{budget:.0f}s"
+            summaries.append(run_agent(env_id, seed, budget, run))
+            metrics.append(read_metrics(run / "metrics.csv"))
+            curves.setdefault(env_id, []).append(("EGGROLL", metrics[-1]))
+        hits = [to_threshold(m, threshold) for m in metrics]
+        times = sorted(h[0] if h else np.inf for h in hits)
+        median_time = times[len(times) // 2]
+        per_seed = "; ".join(f"{cell(h)}; {m['eval_return'][-1]:.0f}" for h, m in zip(hits, metrics))
         lines.append(
-            f"| {env_id} | {len(entries)} | {mean_std([s['eval_return_last'] for s in summaries])} "
-            f"| {mean_std([s['final_eval_mean'] for s in summaries])} "
-            f"| {np.mean([s['train_time_s'] for s in summaries]):.0f} "
-            f"| {np.mean([s['steps_per_s'] for s in summaries]):,.0f} "
-            f"| {np.mean([s['throughput_ratio'] for s in summaries]):.2f} |"
+            f"| {env_id} | {threshold} | {budget:.0f} s | {per_seed} "
+            f"| {np.median([m['eval_return'][-1] for m in metrics]):.0f} "
+            f"| {'–' if np.isinf(median_time) else f'{median_time:.0f} s'} "
+            f"| {np.median([s['final_eval_mean'] for s in summaries]):.0f} "
+            f"| {np.median([s['steps_per_s'] for s in summaries]):,.0f} "
+            f"| {np.median([s['throughput_ratio'] for s in summaries]):.2f} "
+            f"| {'met' if median_time <= budget else 'not met'} |"
         )
-    if evotorch:
-        finals = [m["eval_return"][-1] for m in evotorch]
-        lines.append(
-            f"| HalfCheetah-v5, EvoTorch PGPE+ClipUp | {len(evotorch)} | {mean_std(finals)} | – "
-            f"| {np.mean([m['wall_time_s'][-1] for m in evotorch]):.0f} "
-            f"| {np.mean([m['env_steps'][-1] / m['wall_time_s'][-1] for m in evotorch]):,.0f} | – |"
-        )
-    lines += ["", "Mean ± standard deviation over seeds. Curves: `mujoco_curves.png`."]
+        if args.evotorch_python and env_id in ("HalfCheetah-v5", "Hopper-v5"):
+            evo = [run_evotorch(args.evotorch_python, env_id, s, budget, runs / f"evotorch__{env_id}__seed{s}")
+                   for s in args.seeds]  # fmt: skip
+            curves[env_id] += [("EvoTorch PGPE", m) for m in evo]
+            hits = [to_threshold(m, threshold) for m in evo]
+            per_seed = "; ".join(f"{cell(h)}; {m['eval_return'][-1]:.0f}" for h, m in zip(hits, evo))
+            lines.append(
+                f"| {env_id}, EvoTorch PGPE+ClipUp | {threshold} | {budget:.0f} s | {per_seed} "
+                f"| {np.median([m['eval_return'][-1] for m in evo]):.0f} | – | – "
+                f"| {np.median([m['env_steps'][-1] / m['wall_time_s'][-1] for m in evo]):,.0f} | – | – |"
+            )
+    lines += ["", "Medians over seeds; a seed that never reached the threshold counts as never. Curves: "
+              "`mujoco_curves.png`."]  # fmt: skip
     (out_dir / "mujoco_table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
-    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.6), squeeze=False)
-    for ax, (env_id, entries) in zip(axes[0], results.items()):
-        grid = np.linspace(0, args.env_steps, 101)
-        curves = [np.interp(grid, m["env_steps"], m["eval_return"], left=np.nan) for _, m in entries]
-        for _, m in entries:
-            ax.plot(m["env_steps"] / 1e6, m["eval_return"], color="C0", alpha=0.3, lw=0.8)
-        ax.plot(
-            grid / 1e6, np.nanmean(curves, axis=0), color="C0", lw=2, label=f"EGGROLL ({len(entries)} seeds)"
-        )
-        if env_id == "HalfCheetah-v5" and evotorch:
-            for m in evotorch:
-                ax.plot(m["env_steps"] / 1e6, m["eval_return"], color="C1", alpha=0.6, lw=1)
-            ax.plot([], [], color="C1", label="EvoTorch PGPE+ClipUp")
-        ax.set(title=env_id, xlabel="environment steps (millions)", ylabel="eval return (θ)")
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.6), squeeze=False)
+    for ax, (env_id, entries) in zip(axes[0], curves.items()):
+        for label, m in entries:
+            color = "C0" if label == "EGGROLL" else "C1"
+            ax.plot(m["wall_time_s"], m["eval_return"], color=color, alpha=0.7, lw=1)
+        for label, color in (("EGGROLL", "C0"), ("EvoTorch PGPE", "C1")):
+            if any(name == label for name, _ in entries):
+                ax.plot([], [], color=color, label=label)
+        ax.axhline(GOALS[env_id][0], color="k", ls="--", lw=0.8, label="ARS threshold")
+        ax.set(title=env_id, xlabel="wall time (s)", ylabel="eval return (θ)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
