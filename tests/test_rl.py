@@ -240,3 +240,12 @@ def test_short_mujoco_run():
     action = roll.deployable()(torch.as_tensor(obs, dtype=torch.float32)).detach().numpy()
     assert env.action_space.contains(action.astype(np.float32))
     roll.close()
+
+
+def test_guide_script_runs():
+    """docs/guide/rl.md: the ES-RL script (3 generations here) and the low-level example."""
+    from test_docs_snippets import ROOT, run_page
+
+    ns = run_page(ROOT / "docs" / "guide" / "rl.md", budgets={"range(50)": "range(3)"})
+    assert ns["trainer"].generation == 3 and ns["returns"].shape == (5,)
+    assert ns["episodes"].lengths.shape == (8,) and (ns["episodes"].returns == ns["episodes"].lengths).all()
