@@ -28,6 +28,7 @@ import copy
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -172,7 +173,7 @@ class PopulationRollout:
             with torch.no_grad():
                 out = np.zeros((self.n + 1, self._out_dim))
                 out[lo:hi] = model(x[lo:hi]).reshape(hi - lo, -1).double().numpy()
-                if active[self.n]:
+                if active[self.n] and not self.envs.done[self.n]:
                     out[self.n :] = self._center(x[self.n :]).reshape(1, -1).double().numpy()
             return self._to_env(out)  # (N+1, act_dim)
 
@@ -226,7 +227,23 @@ class PopulationRollout:
             layers["clip_action"] = nn.Hardtanh(float(self._low[0]), float(self._high[0]))
         return nn.Sequential(layers)
 
+    def state_dict(self) -> dict[str, Any]:
+        """The normaliser's statistics and the start-state generator: with the policy's and the trainer's
+        ``state_dict``, a resumed run continues exactly. Save it between generations."""
+        return {"stats": (self.stats.count, self.stats.mean.copy(), self.stats.m2.copy()),
+                "rng": self._rng.bit_generator.state, "seeds": self.seeds.copy()}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a [`state_dict`][eggroll_trainer.rl.PopulationRollout.state_dict] (before a generation),
+        and copy θ into the center: load the policy's parameters first."""
+        self.stats.count, self.stats.mean, self.stats.m2 = state["stats"]
+        self._rng.bit_generator.state = state["rng"]
+        self._new_generation()
+        self.seeds = state["seeds"].copy()
+        self._center.load_state_dict(self.policy.state_dict())
+
     def close(self) -> None:
+        """Stop the worker processes and close the environments."""
         self.envs.close()
 
     # ------------------------------------------------------------------------------------ internals

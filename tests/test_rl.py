@@ -214,6 +214,28 @@ def test_learns_and_deploys():
     roll.close()
 
 
+def test_resume_continues_exactly():
+    policy, roll, trainer = line_setup()
+    for _ in range(2):
+        trainer.step()
+        roll.end_generation()
+    saved = copy.deepcopy((policy.state_dict(), trainer.state_dict(), roll.state_dict()))
+    trainer.step()
+    expected = (roll.end_generation(), [p.clone() for p in policy.parameters()])
+    roll.close()
+
+    policy, roll, trainer = line_setup()  # a fresh run, then the checkpoint: θ, the trainer, the rollout
+    policy.load_state_dict(saved[0])
+    trainer.load_state_dict(saved[1])
+    roll.load_state_dict(saved[2])
+    trainer.step()
+    got = roll.end_generation()
+    np.testing.assert_array_equal(got.returns, expected[0].returns)
+    assert got.center_return == expected[0].center_return
+    assert all(torch.equal(a, b) for a, b in zip(policy.parameters(), expected[1]))
+    roll.close()
+
+
 def test_discrete_actions_play_the_argmax():
     roll = PopulationRollout(functools.partial(gym.make, "CartPole-v1"), nn.Linear(4, 2), 4, seed=0)
     trainer = EGGROLLTrainer(roll.policy.parameters(), model=roll.policy, fitness_fn=roll.fitness,
