@@ -3,6 +3,7 @@
 [`LockstepEnvs`][eggroll_trainer.rl.LockstepEnvs] holds ``n`` environments (any gymnasium-style env with a flat
 ``Box`` observation and a ``Box`` or ``Discrete`` action space). Observations, actions, rewards and done flags
 live in shared memory; a step is one pipe message per worker, and only unfinished environments are stepped.
+[`rollout`][eggroll_trainer.rl.rollout] plays one episode in each of them with a batched policy.
 
 Why not ``gymnasium.vector`` (``benchmarks/mujoco_stepping.py`` times the options): on HalfCheetah-v5 with 33
 environments on a 2-core machine, ``SyncVectorEnv`` stepped ~0.6x and ``AsyncVectorEnv`` ~0.35x as fast as one
@@ -18,11 +19,13 @@ import signal
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 MakeEnv = Callable[[], Any]
+Act = Callable[[np.ndarray], np.ndarray]
 
 
 class LockstepEnvs:
@@ -146,6 +149,44 @@ class LockstepEnvs:
         self.conns, self.procs = [], []
         for env in self.local:
             env.close()
+
+
+@dataclass
+class Episodes:
+    """One episode per env of a [`rollout`][eggroll_trainer.rl.rollout]."""
+
+    returns: np.ndarray  # (n,) true episode returns
+    lengths: np.ndarray  # (n,) steps taken
+    obs_count: int  # observations of the tracked rows, for the normaliser
+    obs_sum: np.ndarray  # (obs_dim,)
+    obs_sq_sum: np.ndarray  # (obs_dim,)
+
+
+def rollout(
+    envs: LockstepEnvs,
+    act: Act,
+    seeds: np.ndarray,
+    active: np.ndarray | None = None,
+    tracked: int = 0,
+) -> Episodes:
+    """One episode in every active env, in lockstep: ``act`` maps all n observations (n, obs) to the n
+    actions (n, act_dim) at each step; a finished env is no longer stepped and its return stops counting.
+    Observation statistics are summed over the live rows ``< tracked``."""
+    envs.reset(seeds, active)
+    returns, lengths = np.zeros(envs.n), np.zeros(envs.n, dtype=np.int64)
+    obs_sum, obs_sq_sum, count = np.zeros(envs.obs_dim), np.zeros(envs.obs_dim), 0
+    while True:
+        alive = envs.done == 0  # (n,)
+        if not alive.any():
+            return Episodes(returns, lengths, count, obs_sum, obs_sq_sum)
+        live = alive[:tracked].astype(np.float64)  # (tracked,)
+        obs_sum += live @ envs.obs[:tracked]
+        obs_sq_sum += live @ np.square(envs.obs[:tracked])
+        count += int(live.sum())
+        envs.act[:] = act(envs.obs)
+        envs.step()
+        returns += np.where(alive, envs.rew, 0.0)  # a finished member earns nothing
+        lengths += alive
 
 
 def bare_steps_per_s(make_env: MakeEnv, seconds: float, seed: int = 0) -> float:

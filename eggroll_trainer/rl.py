@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from .distributed import all_sum
-from .lockstep import LockstepEnvs, MakeEnv, bare_steps_per_s
+from .lockstep import Episodes, LockstepEnvs, MakeEnv, bare_steps_per_s, rollout
 from .population import current_population
 
 __all__ = ["LockstepEnvs", "bare_steps_per_s", "RunningMeanStd", "Episodes", "rollout", "Generation",
@@ -64,44 +63,6 @@ class RunningMeanStd:
     def std(self) -> np.ndarray:
         var = self.m2 / self.count if self.count else np.ones_like(self.m2)
         return np.maximum(np.sqrt(var), self.std_floor)
-
-
-@dataclass
-class Episodes:
-    """One episode per env of a [`rollout`][eggroll_trainer.rl.rollout]."""
-
-    returns: np.ndarray  # (n,) true episode returns
-    lengths: np.ndarray  # (n,) steps taken
-    obs_count: int  # observations of the tracked rows, for the normaliser
-    obs_sum: np.ndarray  # (obs_dim,)
-    obs_sq_sum: np.ndarray  # (obs_dim,)
-
-
-def rollout(
-    envs: LockstepEnvs,
-    act: Callable[[np.ndarray], np.ndarray],
-    seeds: np.ndarray,
-    active: np.ndarray | None = None,
-    tracked: int = 0,
-) -> Episodes:
-    """One episode in every active env, in lockstep: ``act`` maps all n observations (n, obs) to the n
-    actions (n, act_dim) at each step; a finished env is no longer stepped and its return stops counting.
-    Observation statistics are summed over the live rows ``< tracked``."""
-    envs.reset(seeds, active)
-    returns, lengths = np.zeros(envs.n), np.zeros(envs.n, dtype=np.int64)
-    obs_sum, obs_sq_sum, count = np.zeros(envs.obs_dim), np.zeros(envs.obs_dim), 0
-    while True:
-        alive = envs.done == 0  # (n,)
-        if not alive.any():
-            return Episodes(returns, lengths, count, obs_sum, obs_sq_sum)
-        live = alive[:tracked].astype(np.float64)  # (tracked,)
-        obs_sum += live @ envs.obs[:tracked]
-        obs_sq_sum += live @ np.square(envs.obs[:tracked])
-        count += int(live.sum())
-        envs.act[:] = act(envs.obs)
-        envs.step()
-        returns += np.where(alive, envs.rew, 0.0)  # a finished member earns nothing
-        lengths += alive
 
 
 @dataclass
