@@ -14,49 +14,46 @@ Run:
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
+import tyro
 from torch import nn
 
 from eggroll_trainer import EGGROLLTrainer, current_population
 from eggroll_trainer.distributed import any_rank, world
 
 
-def arg(default, help: str):
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass
 class Args:
-    seed: int = arg(0, "seed of the data, the initial weights and the ES noise")
-    threads: int = arg(1, "torch intra-op threads per process")
-    rows: int = arg(256, "training points")
-    hidden: int = arg(64, "hidden width of the MLP 1 -> hidden -> hidden -> 1")
-    population: int = arg(256, "population size N (must be divisible by the number of processes)")
-    rank: int = arg(4, "rank r of each member's weight perturbation")
-    sigma: float = arg(0.02, "noise scale sigma")
-    lr: float = arg(0.02, "learning rate (Adam update rule on the ES estimate)")
-    generations: int = arg(200, "generations to run (fewer if --time-budget runs out first)")
-    time_budget: float = arg(0.0, "stop after this many seconds (0: no limit); decided by all ranks together")
-    batched: bool = arg(True, "evaluate the population in one forward per process (else member by member)")
+    seed: int = 0
+    """seed of the data, the initial weights and the ES noise"""
+    threads: int = 1
+    """torch intra-op threads per process"""
+    rows: int = 256
+    """training points"""
+    hidden: int = 64
+    """hidden width of the MLP 1 -> hidden -> hidden -> 1"""
+    population: int = 256
+    """population size N (must be divisible by the number of processes)"""
+    rank: int = 4
+    """rank r of each member's weight perturbation"""
+    sigma: float = 0.02
+    """noise scale sigma"""
+    lr: float = 0.02
+    """learning rate (Adam update rule on the ES estimate)"""
+    generations: int = 200
+    """generations to run (fewer if --time-budget runs out first)"""
+    time_budget: float = 0.0
+    """stop after this many seconds (0: no limit); decided by all ranks together"""
+    batched: bool = True
+    """evaluate the population in one forward per process (else member by member)"""
 
 
 def parse_args() -> Args:
-    """Every field of ``Args`` becomes a flag: ``--population 256``, ``--batched/--no-batched``."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    for f in dataclasses.fields(Args):
-        flag, kind, help = "--" + f.name.replace("_", "-"), type(f.default), f.metadata["help"]
-        if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help)
-        else:
-            parser.add_argument(flag, type=kind, default=f.default, help=help)
-    return Args(**vars(parser.parse_args()))
+    """Every field of ``Args`` is a flag (``tyro``): ``--population 256``, ``--batched/--no-batched``."""
+    return tyro.cli(Args, description=__doc__)
 
 
 def make_data(args: Args) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,13 +17,12 @@ Run: python examples/drop_in_classifier.py [--sweep] [--quick]
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -34,6 +33,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
+import tyro
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import nn
@@ -43,51 +43,52 @@ from tqdm.auto import tqdm
 from eggroll_trainer import EGGROLLTrainer, current_population
 
 
-def arg(default, help: str):
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass
 class Args:
-    exp_name: str = arg("drop_in_classifier", "name of this experiment (names the default output dir)")
-    seed: int = arg(0, "seed of the data split, the initial weights, the minibatch order and the ES noise")
-    output_dir: str = arg("", "where results and the plot go (default: runs/{exp_name}__{seed}__{time})")
-    threads: int = arg(1, "torch intra-op threads (1 is fastest for a model this small)")
-    epochs: int = arg(10, "passes over the training set, the same for every optimizer")
-    batch_size: int = arg(64, "minibatch size")
-    hidden: int = arg(32, "hidden width of the MLP 64 -> hidden -> 10")
-    adam_lr: float = arg(1e-2, "Adam learning rate")
-    es_population: int = arg(256, "EGGROLL population size N (one generation per minibatch)")
-    es_rank: int = arg(4, "rank r of each member's weight perturbation")
-    es_sigma: float = arg(0.05, "noise scale sigma")
-    es_lr: float = arg(1e-2, "EGGROLL learning rate (Adam update rule on the ES estimate)")
-    es_optimizer: str = arg("adam", "update rule applied to the ES estimate: sgd, adam, adamw or clipup")
-    sequential: bool = arg(
-        True, "also run EGGROLL sequentially in the unchanged loop (slow: N closures/step)"
-    )
-    sweep: bool = arg(False, "add a sweep over population sizes and ranks (population variant)")
-    sweep_populations: tuple[int, ...] = arg((32, 128, 512), "population sizes N of the sweep")
-    sweep_ranks: tuple[int, ...] = arg((1, 4, 16), "ranks r of the sweep")
-    sweep_seeds: int = arg(
-        3, "noise seeds per sweep point (seed, seed+1, ...): mean and min-max are reported"
-    )
-    quick: bool = arg(False, "tiny budget for the smoke test (2 epochs, N=32, a 2x2 sweep, 1 seed)")
+    exp_name: str = "drop_in_classifier"
+    """name of this experiment (names the default output dir)"""
+    seed: int = 0
+    """seed of the data split, the initial weights, the minibatch order and the ES noise"""
+    output_dir: str = ""
+    """where results and the plot go (default: runs/{exp_name}__{seed}__{time})"""
+    threads: int = 1
+    """torch intra-op threads (1 is fastest for a model this small)"""
+    epochs: int = 10
+    """passes over the training set, the same for every optimizer"""
+    batch_size: int = 64
+    """minibatch size"""
+    hidden: int = 32
+    """hidden width of the MLP 64 -> hidden -> 10"""
+    adam_lr: float = 1e-2
+    """Adam learning rate"""
+    es_population: int = 256
+    """EGGROLL population size N (one generation per minibatch)"""
+    es_rank: int = 4
+    """rank r of each member's weight perturbation"""
+    es_sigma: float = 0.05
+    """noise scale sigma"""
+    es_lr: float = 1e-2
+    """EGGROLL learning rate (Adam update rule on the ES estimate)"""
+    es_optimizer: str = "adam"
+    """update rule applied to the ES estimate: sgd, adam, adamw or clipup"""
+    sequential: bool = True
+    """also run EGGROLL sequentially in the unchanged loop (slow: N closures/step)"""
+    sweep: bool = False
+    """add a sweep over population sizes and ranks (population variant)"""
+    sweep_populations: tuple[int, ...] = (32, 128, 512)
+    """population sizes N of the sweep"""
+    sweep_ranks: tuple[int, ...] = (1, 4, 16)
+    """ranks r of the sweep"""
+    sweep_seeds: int = 3
+    """noise seeds per sweep point (seed, seed+1, ...): mean and min-max are reported"""
+    quick: bool = False
+    """tiny budget for the smoke test (2 epochs, N=32, a 2x2 sweep, 1 seed)"""
 
 
 def parse_args() -> Args:
-    """Every field of ``Args`` becomes a flag: ``--es-population 128``, ``--sweep/--no-sweep``."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    for f in dataclasses.fields(Args):
-        flag, kind, help = "--" + f.name.replace("_", "-"), type(f.default), f.metadata["help"]
-        if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help)
-        elif kind is tuple:
-            parser.add_argument(flag, nargs="+", type=type(f.default[0]), default=f.default, help=help)
-        else:
-            parser.add_argument(flag, type=kind, default=f.default, help=f"{help} (default: {f.default})")
-    args = Args(**{k: tuple(v) if isinstance(v, list) else v for k, v in vars(parser.parse_args()).items()})
+    """Every field of ``Args`` is a flag (``tyro``): ``--es-population 128``, ``--sweep/--no-sweep``,
+    ``--sweep-ranks 1 4 16``."""
+    args = tyro.cli(Args, description=__doc__)
     if args.quick:
         args = dataclasses.replace(
             args, epochs=2, es_population=32, sweep_populations=(8, 32), sweep_ranks=(1, 4), sweep_seeds=1

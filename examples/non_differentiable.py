@@ -20,12 +20,11 @@ Run: python examples/non_differentiable.py [--quick]
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -35,6 +34,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
+import tyro
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import nn
@@ -43,40 +43,41 @@ from tqdm.auto import tqdm
 from eggroll_trainer import EGGROLLTrainer, current_population
 
 
-def arg(default, help: str):
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass
 class Args:
-    exp_name: str = arg("non_differentiable", "name of this experiment (names the default output dir)")
-    seed: int = arg(0, "seed of the data split, the initial weights, the minibatches and the ES noise")
-    output_dir: str = arg("", "where results and the plot go (default: runs/{exp_name}__{seed}__{time})")
-    threads: int = arg(1, "torch intra-op threads (1 is fastest for a model this small)")
-    generations: int = arg(300, "ES generations (and Adam steps for the gradient baseline)")
-    batch_size: int = arg(256, "training images scored per generation (a fresh minibatch each time)")
-    hidden: int = arg(64, "hidden width of the network 64 -> hidden -> 10")
-    population: int = arg(256, "population size N")
-    rank: int = arg(4, "rank r of each member's weight perturbation")
-    sigma: float = arg(0.1, "noise scale sigma (the int8 grid step is 2^-7 ≈ 0.008)")
-    lr: float = arg(0.05, "learning rate (Adam update rule on the ES estimate)")
-    optimizer: str = arg("adam", "update rule applied to the ES estimate: sgd, adam, adamw or clipup")
-    eval_every: int = arg(10, "generations between evaluations of the full train and test sets")
-    quick: bool = arg(False, "tiny budget for the smoke test (30 generations)")
+    exp_name: str = "non_differentiable"
+    """name of this experiment (names the default output dir)"""
+    seed: int = 0
+    """seed of the data split, the initial weights, the minibatches and the ES noise"""
+    output_dir: str = ""
+    """where results and the plot go (default: runs/{exp_name}__{seed}__{time})"""
+    threads: int = 1
+    """torch intra-op threads (1 is fastest for a model this small)"""
+    generations: int = 300
+    """ES generations (and Adam steps for the gradient baseline)"""
+    batch_size: int = 256
+    """training images scored per generation (a fresh minibatch each time)"""
+    hidden: int = 64
+    """hidden width of the network 64 -> hidden -> 10"""
+    population: int = 256
+    """population size N"""
+    rank: int = 4
+    """rank r of each member's weight perturbation"""
+    sigma: float = 0.1
+    """noise scale sigma (the int8 grid step is 2^-7 ≈ 0.008)"""
+    lr: float = 0.05
+    """learning rate (Adam update rule on the ES estimate)"""
+    optimizer: str = "adam"
+    """update rule applied to the ES estimate: sgd, adam, adamw or clipup"""
+    eval_every: int = 10
+    """generations between evaluations of the full train and test sets"""
+    quick: bool = False
+    """tiny budget for the smoke test (30 generations)"""
 
 
 def parse_args() -> Args:
-    """Every field of ``Args`` becomes a flag: ``--population 128``, ``--quick/--no-quick``."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    for f in dataclasses.fields(Args):
-        flag, kind, help = "--" + f.name.replace("_", "-"), type(f.default), f.metadata["help"]
-        if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help)
-        else:
-            parser.add_argument(flag, type=kind, default=f.default, help=f"{help} (default: {f.default})")
-    args = Args(**vars(parser.parse_args()))
+    """Every field of ``Args`` is a flag (``tyro``): ``--population 128``, ``--quick/--no-quick``."""
+    args = tyro.cli(Args, description=__doc__)
     if args.quick:
         args = dataclasses.replace(args, generations=30)
     return args
