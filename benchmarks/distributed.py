@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
+from common import machine
 
 ROOT = Path(__file__).resolve().parent.parent
 # (label, processes, threads per process, extra flags), per example
@@ -101,7 +101,7 @@ def main() -> None:
 
     configs = CONFIGS[args.example]
     results: dict[str, list[dict[str, float]]] = {label: [] for label, *_ in configs}
-    load_before = os.getloadavg()
+    header = machine()  # with the load average before the runs
     started = time.time()
     for repeat in range(args.repeats):
         for label, processes, threads, flags in configs:
@@ -117,8 +117,7 @@ def main() -> None:
         f"examples/mujoco_agent.py --env-id {args.env_id} --time-budget {args.time_budget:g}"
     )  # fmt: skip
     print(f"{what} {' '.join(args.extra)}".strip())
-    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, {args.repeats} repeats (median), "
-          f"load average {load_before[0]:.1f} before / {load_after[0]:.1f} after, "
+    print(f"{header}; {args.repeats} repeats (median), load average {load_after[0]:.1f} after, "
           f"{time.time() - started:.0f} s in all\n")  # fmt: skip
     metrics = list(results[configs[0][0]][0])
     base = statistics.median(r["generations/s"] for r in results[configs[0][0]])

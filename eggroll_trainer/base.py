@@ -339,7 +339,8 @@ class ESTrainer(torch.optim.Optimizer):
             return self._finish(scores[finite], closure is not None)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        """As ``torch.optim.Optimizer.zero_grad``; ES itself never reads ``.grad``."""
+        """As ``torch.optim.Optimizer.zero_grad``. ES never reads ``.grad``: the update rule sees ``−ĝ`` there
+        only inside ``step()``, which puts every ``.grad`` back as it found it."""
         super().zero_grad(set_to_none=set_to_none)
 
     def train(self, num_generations: int, verbose: bool = True) -> dict[str, Any]:

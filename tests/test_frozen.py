@@ -91,3 +91,22 @@ def test_all_parameters_frozen_is_an_error():
     model.requires_grad_(False)
     with pytest.raises(ValueError, match="requires_grad=False"):
         EGGROLLTrainer(model.parameters(), model=model, fitness_fn=lambda m: 0.0)
+
+
+def test_a_frozen_weight_beside_a_trained_bias_batched_matches_sequential():
+    # Population mode with a Linear whose weight is frozen and whose bias is trained: same members, same update.
+    x, y = make_data()
+    models = []
+    for batched in (False, True):
+        model = make_model()
+        model.fc2.weight.requires_grad_(False)
+        fitness = neg_mse_batched(x, y) if batched else neg_mse(x, y)
+        trainer = EGGROLLTrainer(model.parameters(), model=model, fitness_fn=fitness, population_size=8,
+                                 learning_rate=0.01, sigma=0.1, rank=2, seed=0, batched=batched)  # fmt: skip
+        trainer.train(2, verbose=False)
+        models.append(model)
+    sequential, batched = models
+    assert torch.equal(sequential.fc2.weight, make_model().fc2.weight)
+    assert not torch.equal(sequential.fc2.bias, make_model().fc2.bias)
+    for p, q in zip(sequential.parameters(), batched.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)

@@ -24,6 +24,7 @@ def save_load(obj):
         (EGGROLLTrainer, dict(rank=1, optimizer="sgd", momentum=0.9, noise_reuse=3)),
         (EGGROLLTrainer, dict(rank=2, optimizer="clipup", momentum=0.9, batched=True)),
         (VanillaESTrainer, dict(optimizer="adamw", weight_decay=0.01)),
+        (EGGROLLTrainer, dict(rank=2, optimizer=torch.optim.NAdam, batched=True)),  # any torch.optim class
     ],
 )
 def test_resume_is_bit_identical_even_with_another_seed(cls, options):
@@ -68,7 +69,9 @@ def test_loading_a_state_with_another_population_size_is_refused():
 def test_state_dict_is_a_snapshot():
     x, y = make_data()
     model = make_model()
-    trainer = EGGROLLTrainer(model.parameters(), model=model, fitness_fn=neg_mse(x, y), population_size=8, seed=0)
+    trainer = EGGROLLTrainer(
+        model.parameters(), model=model, fitness_fn=neg_mse(x, y), population_size=8, seed=0
+    )
     trainer.step()
     state = copy.deepcopy(trainer.state_dict())
     history = list(state["es"]["fitness_history"])
