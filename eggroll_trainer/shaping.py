@@ -27,10 +27,19 @@ ShapingFn = Callable[[Tensor], Tensor]
 _EPS = 1e-8
 
 
+def _over_std(centered: Tensor, std: Tensor, values: Tensor) -> Tensor:
+    """centered / std — or zeros when the spread is rounding noise (equal scores: the mean of n equal
+    values is only exact to ~n ulps, and dividing that noise by a noise-sized std would amplify it)."""
+    noise = 8 * values.numel() * torch.finfo(values.dtype).eps * values.abs().max()
+    if std <= noise:
+        return torch.zeros_like(centered)
+    return centered / (std + _EPS)
+
+
 def zscore(scores: Tensor) -> Tensor:
     """(f - mean) / std (population std); all-equal scores give zeros."""
     centered = scores - scores.mean()
-    return centered / (centered.pow(2).mean().sqrt() + _EPS)
+    return _over_std(centered, centered.pow(2).mean().sqrt(), scores)
 
 
 def centered_rank(scores: Tensor) -> Tensor:
@@ -72,7 +81,7 @@ def group_normalize(weights: Tensor, group_size: int) -> Tensor:
         blocks = weights.view(n // group_size, group_size)
         centered = (blocks - blocks.mean(dim=1, keepdim=True)).view(n)
     global_std = (weights - weights.mean()).pow(2).mean().sqrt()
-    return centered / (global_std + _EPS)
+    return _over_std(centered, global_std, weights)
 
 
 def elite_pairs(weights: Tensor, k: int) -> Tensor:
