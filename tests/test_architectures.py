@@ -220,3 +220,32 @@ def test_short_population_run_lowers_the_loss(arch):
     before = trainer.evaluate_fitness(model)
     trainer.train(15, verbose=False)
     assert trainer.evaluate_fitness(model) > before
+
+
+def test_generate_with_kv_cache_equals_member_by_member():
+    """K members × P prompts as K·P rows in one `generate` (greedy, KV cache): each member's completions are
+    the ones it generates alone with θ + σEᵢ written into the weights."""
+    config = transformers.LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                      bos_token_id=1, eos_token_id=2, pad_token_id=0)  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).eval()
+    prompts = torch.randint(3, 50, (2, 5), generator=torch.Generator().manual_seed(0))  # P = 2 prompts
+    completions = {"sequential": [], "batched": []}
+
+    def generate(m, k, key):
+        out = m.generate(input_ids=prompts.repeat(k, 1), attention_mask=torch.ones(2 * k, 5, dtype=torch.long),
+                         max_new_tokens=6, do_sample=False, pad_token_id=0)[:, 5:]  # fmt: skip
+        completions[key].append(out)
+        return out.float().view(k, -1).mean(dim=1)
+
+    for key, batched in (("sequential", False), ("batched", True)):
+        m = copy.deepcopy(model)
+        fitness = (lambda m: generate(m, current_population().size, "batched")) if batched else (
+            lambda m: float(generate(m, 1, "sequential")[0]))  # fmt: skip
+        trainer = EGGROLLTrainer(m.parameters(), model=m, fitness_fn=fitness, population_size=4, sigma=0.5,
+                                 seed=0, batched=batched, freeze_nonlora=True)  # fmt: skip
+        trainer.step()
+    sequential = torch.cat(completions["sequential"])
+    assert sequential.unique().numel() > 2  # the members do generate different text
+    assert torch.equal(completions["batched"][0], sequential)
