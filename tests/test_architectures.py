@@ -239,7 +239,7 @@ def test_generate_with_kv_cache_equals_member_by_member():
         completions[key].append(out)
         return out.float().view(k, -1).mean(dim=1)
 
-    for key, batched in (("sequential", False), ("batched", True)):
+    for batched in (False, True):
         m = copy.deepcopy(model)
         fitness = (lambda m: generate(m, current_population().size, "batched")) if batched else (
             lambda m: float(generate(m, 1, "sequential")[0]))  # fmt: skip
