@@ -22,7 +22,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .fallback import vmap_fallback
-from .members import is_activation, is_member_valued, member_factors, member_values, product_noise
+from .members import (
+    ProductNoise,
+    is_activation,
+    is_member_valued,
+    member_factors,
+    member_values,
+    product_noise,
+)
 from .mode import population_mode
 
 
@@ -55,27 +62,51 @@ def product(
     rows = y.numel() // (k * out)  # per member
     y4 = y.view(g, s, rows, out)  # member j·S + t at (j, t)
     n = x.shape[-1]
+    # Many rows per member (tokens of a sequence): the bias noise rides along in the same batched product,
+    # [x B | s] @ [α Aᵀ ; σ_b β] — one pass over y instead of three. One row per member: addcmul is faster.
+    fused = plan.a_t is not None and plan.beta is not None and rows >= _FUSE_BIAS_ROWS
     if plan.a_t is not None:
         if shared:
             x_block = x[:1].expand(rows // math.prod(x.shape[1:-1]), *x.shape[1:]).reshape(rows, n)
             xb = torch.bmm(x_block.expand(g, rows, n), plan.b)  # (G, rows, r): one x B per group
+            if fused:
+                xb = torch.cat([xb, xb.new_ones(g, rows, 1)], dim=-1)  # (G, rows, r + 1)
             for t in range(s):  # both mirrors see the same x: the second takes -α
-                _outer_add(y4[:, t], xb, plan.a_t, -plan.alpha if t else plan.alpha)
+                sign = -1.0 if t else 1.0
+                if fused:
+                    y4[:, t].baddbmm_(xb, _stacked(plan, sign))
+                else:
+                    _outer_add(y4[:, t], xb, plan.a_t, sign * plan.alpha)
         else:
             xb = torch.bmm(x.reshape(g, s * rows, n), plan.b)  # (G, S·rows, r)
+            if fused:
+                xb = torch.cat([xb, xb.new_ones(g, s * rows, 1)], dim=-1)  # (G, S·rows, r + 1)
             if s == 2:
-                xb[:, rows:].neg_()  # mirror members take -E
-            _outer_add(y4.view(g, s * rows, out), xb, plan.a_t, plan.alpha)
+                xb[:, rows:].neg_()  # mirror members take -E (and -β)
+            if fused:
+                y4.view(g, s * rows, out).baddbmm_(xb, _stacked(plan, 1.0))
+            else:
+                _outer_add(y4.view(g, s * rows, out), xb, plan.a_t, plan.alpha)
     elif plan.eps_t is not None:
         x4 = x[:1].reshape(1, 1, -1, n).expand(g, s, rows, n) if shared else x.reshape(g, s, rows, n)
         for t in range(s):
             xs = x4[:, t] if plan.signs is None else x4[:, t] * plan.signs.to(x.dtype).view(-1, 1, 1)
             y4[:, t].baddbmm_(xs, plan.eps_t, alpha=-plan.alpha if t else plan.alpha)
-    if plan.beta is not None:  # y_i += σ_b s_i β_k
+    if plan.beta is not None and not fused:  # y_i += σ_b s_i β_k
         y4[:, 0].add_(plan.beta, alpha=plan.sigma_b)
         if s == 2:
             y4[:, 1].sub_(plan.beta, alpha=plan.sigma_b)
     return y
+
+
+#: Rows per member from which the bias noise is fused into the low-rank product (measured on 2 cores:
+#: 1.7× faster at 32 rows of width 1000, 2.7× slower at 1 row of width 256).
+_FUSE_BIAS_ROWS = 8
+
+
+def _stacked(plan: ProductNoise, sign: float) -> Tensor:
+    """[± α Aᵀ ; ± σ_b β]: (G, r + 1, out)."""
+    return torch.cat([plan.a_t * (sign * plan.alpha), plan.beta * (sign * plan.sigma_b)], dim=1)
 
 
 def _outer_add(y: Tensor, xb: Tensor, a_t: Tensor, alpha: float) -> None:
