@@ -1,0 +1,241 @@
+"""Hugging Face helpers and LM fitness on a tiny random-init Llama built offline (nothing is downloaded)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from eggroll_trainer import EGGROLLTrainer
+from eggroll_trainer.hf import (
+    export_lora,
+    load_causal_lm,
+    lora_factors,
+    resolve_model,
+    save_model,
+    select_targets,
+)
+from eggroll_trainer.lm import PromptBaseline, RewardFitness, generation_memory, population_generate
+
+CHARS = list("0123456789+= ?abcdefghijklmnopqrstuvwxyz\n.")
+
+
+def build_tiny_llama(directory: Path, seed: int = 0) -> Path:
+    """A 2-layer LlamaForCausalLM (tied embeddings) and a character-level tokenizer, saved to ``directory``."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2, **{c: i + 3 for i, c in enumerate(CHARS)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")  # one token per character
+    tok.decoder = decoders.Fuse()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>", padding_side="left"
+    )
+    config = LlamaConfig(
+        vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=True, pad_token_id=0,
+        eos_token_id=1, bos_token_id=1,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(directory)
+    fast.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny_llama"))
+
+
+def logits(model, tokens: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=tokens).logits
+
+
+TOKENS = torch.tensor([[4, 5, 13, 6, 7, 14], [8, 9, 13, 10, 11, 14]])
+
+
+# ------------------------------------------------------------------------------------- selection
+def test_all_linear_excludes_embeddings_and_tied_head(tiny: Path) -> None:
+    model, _ = load_causal_lm(str(tiny))
+    targets = select_targets(model, "all-linear")
+    suffixes = {n.split(".")[-1] for n in targets.names}
+    assert suffixes == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert len(targets.names) == 14
+    embed = model.get_input_embeddings().weight
+    assert all(p is not embed for p in targets.params)
+    assert targets.numel == sum(p.numel() for p in targets.params)
+    assert targets.param_names[0] == "model.layers.0.self_attn.q_proj.weight"
+
+
+def test_suffix_list_regex_and_named_embeddings(tiny: Path) -> None:
+    model, _ = load_causal_lm(str(tiny))
+    qv = select_targets(model, ["q_proj", "v_proj"]).names
+    assert qv == [f"model.layers.{i}.self_attn.{m}" for i in (0, 1) for m in ("q_proj", "v_proj")]
+    assert select_targets(model, r"model\.layers\.1\.mlp\..*").names == [
+        f"model.layers.1.mlp.{m}" for m in ("gate_proj", "up_proj", "down_proj")
+    ]
+    # Named explicitly, the embedding is selected; tied to the head, the shared weight is selected once.
+    both = select_targets(model, ["embed_tokens", "lm_head"])
+    assert both.names == ["model.embed_tokens"] and both.params[0] is model.lm_head.weight
+
+
+@pytest.mark.parametrize("bad", [["nope"], "nope.*", "(", [], [""]])
+def test_unmatched_target_modules_raise(tiny: Path, bad) -> None:
+    model, _ = load_causal_lm(str(tiny))
+    with pytest.raises(ValueError, match="target_modules"):
+        select_targets(model, bad)
+
+
+def test_resolve_model_finds_gguf_files(tmp_path: Path) -> None:
+    (tmp_path / "m.gguf").write_bytes(b"")
+    assert resolve_model(str(tmp_path)) == (str(tmp_path), "m.gguf")
+    assert resolve_model(str(tmp_path / "m.gguf")) == (str(tmp_path), "m.gguf")
+    assert resolve_model("some-org/some-model") == ("some-org/some-model", None)
+    folder, name = resolve_model("smollm2")
+    assert name.endswith(".gguf") and (Path(folder) / name).is_file()
+
+
+# ------------------------------------------------------------------------------- save and export
+def test_save_model_round_trip(tiny: Path, tmp_path: Path) -> None:
+    model, tok = load_causal_lm(str(tiny))
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight.add_(0.5)
+    save_model(model, tok, tmp_path / "out")
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+    again, _ = load_causal_lm(str(tmp_path / "out"))
+    torch.testing.assert_close(logits(again, TOKENS), logits(model, TOKENS), rtol=0, atol=0)
+
+
+def perturb_low_rank(targets, rank: int, seed: int = 0) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in targets.params:
+            p.add_(
+                0.05 * torch.randn(p.shape[0], rank, generator=g) @ torch.randn(rank, p.shape[1], generator=g)
+            )
+
+
+def test_lora_export_is_exact_at_full_rank(tiny: Path, tmp_path: Path) -> None:
+    from peft import PeftModel
+
+    model, _ = load_causal_lm(str(tiny))
+    targets = select_targets(model, "all-linear")
+    base = targets.snapshot()
+    perturb_low_rank(targets, rank=32)  # a full-rank ΔW for the 32-wide matrices
+    errors = export_lora(model, base, tmp_path / "adapter", rank=64)  # ≥ min(m, n) of every matrix
+    assert max(errors.values()) < 1e-5
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["r"] == config["lora_alpha"] == 64
+    fresh, _ = load_causal_lm(str(tiny))
+    adapted = PeftModel.from_pretrained(fresh, str(tmp_path / "adapter"))
+    torch.testing.assert_close(logits(adapted, TOKENS), logits(model, TOKENS), rtol=1e-4, atol=1e-4)
+
+
+def test_lora_export_truncation_error_is_eckart_young(tiny: Path, tmp_path: Path) -> None:
+    from peft import PeftModel
+
+    model, _ = load_causal_lm(str(tiny))
+    targets = select_targets(model, ["q_proj", "down_proj"])
+    base = targets.snapshot()
+    perturb_low_rank(targets, rank=6, seed=1)
+    errors = export_lora(model, base, tmp_path / "adapter", rank=2)
+    fresh, _ = load_causal_lm(str(tiny))
+    merged = PeftModel.from_pretrained(fresh, str(tmp_path / "adapter")).merge_and_unload()
+    for name, w0 in base.items():
+        delta = model.get_submodule(name).weight.detach() - w0
+        s = torch.linalg.svdvals(delta.double())
+        expected = float(s[2:].pow(2).sum().sqrt())  # best rank-2 error (Eckart–Young)
+        got = float((merged.get_submodule(name).weight.detach() - (w0 + delta)).double().norm())
+        assert got == pytest.approx(expected, rel=1e-3)
+        assert errors[name] == pytest.approx(expected / float(delta.norm()), rel=1e-3)
+
+
+def test_lora_factors_pad_above_full_rank() -> None:
+    delta = torch.randn(3, 5, dtype=torch.float64)
+    b, a = lora_factors(delta, 8)
+    assert b.shape == (3, 8) and a.shape == (8, 5)
+    torch.testing.assert_close(b @ a, delta)
+    with pytest.raises(ValueError, match="rank"):
+        lora_factors(delta, 0)
+
+
+# ------------------------------------------------------------------------ population generation
+def reward_ones(prompts: list[str], completions: list[str]) -> list[float]:
+    return [float(c.count("1")) for c in completions]
+
+
+@pytest.mark.parametrize("chunk_size", [None, 2])
+def test_batched_generation_equals_sequential(tiny: Path, chunk_size) -> None:
+    """One generate of K·P member-major rows gives each member the completions it gets alone."""
+    runs = {}
+    for batched in (False, True):
+        model, tok = load_causal_lm(str(tiny))
+        seen: list[str] = []
+        fitness = RewardFitness(tok, lambda p, c: (seen.extend(c), reward_ones(p, c))[1], max_new_tokens=4)  # noqa: B023
+        fitness.prompts = ["12+34=", "5+6=", "77+8="]
+        trainer = EGGROLLTrainer(
+            select_targets(model).params, model, fitness, population_size=6, learning_rate=0.0, sigma=0.5,
+            rank=1, freeze_nonlora=True, batched=batched, chunk_size=chunk_size, seed=3,
+        )  # fmt: skip
+        runs[batched] = (seen, trainer.step())
+    assert runs[True][0] == runs[False][0]
+    assert len(set(runs[True][0])) > 3  # members really differ
+    assert runs[True][1] == runs[False][1]
+
+
+def test_population_generate_shapes_and_beam_refusal(tiny: Path) -> None:
+    model, tok = load_causal_lm(str(tiny))
+    enc = tok(["12+34=", "5+6="], return_tensors="pt", padding=True)
+    new = population_generate(
+        model, enc["input_ids"], enc["attention_mask"], max_new_tokens=3, pad_token_id=0
+    )
+    assert new.shape == (1, 2, 3)  # outside population mode K = 1
+    with pytest.raises(ValueError, match="beam"):
+        population_generate(model, enc["input_ids"], max_new_tokens=3, num_beams=2)
+
+
+def test_prompt_baseline_per_prompt_advantages() -> None:
+    baseline = PromptBaseline(4)
+    # prompt 0: everyone right (no signal); prompt 1: one member of four right.
+    rewards = torch.tensor([[1.0, 0.0], [1.0, 1.0], [1.0, 0.0], [1.0, 0.0]])
+    means = torch.cat([baseline.record(rewards[:2], start=0), baseline.record(rewards[2:], start=2)])
+    torch.testing.assert_close(means, rewards.mean(1).double())
+    adv = baseline.advantages()
+    assert torch.all(adv[:, 0] == 0)
+    s = (3 / 16) ** 0.5  # std of (0, 1, 0, 0)
+    torch.testing.assert_close(adv[:, 1], torch.tensor([-0.25, 0.75, -0.25, -0.25], dtype=torch.float64) / s)
+    shaped = baseline(means)
+    assert shaped.argmax() == 1 and shaped.sum().abs() < 1e-6
+    # Mean-only centering is a constant shift per member: "none" equals the z-score of the mean reward.
+    plain = PromptBaseline(4, scale="none")
+    plain.record(rewards)
+    torch.testing.assert_close(
+        plain(means), (means - means.mean()) / means.std(unbiased=False), atol=1e-6, rtol=0
+    )
+
+
+def test_prompt_baseline_incomplete_or_bad_input_raises() -> None:
+    baseline = PromptBaseline(4)
+    baseline.record(torch.ones(2, 3))
+    with pytest.raises(ValueError, match="2 of 4 members"):
+        baseline(torch.zeros(4))
+    with pytest.raises(ValueError, match=r"\(K, P\)"):
+        baseline.record(torch.ones(3))
+    with pytest.raises(ValueError, match="scale"):
+        PromptBaseline(4, scale="max")
+
+
+def test_generation_memory_components(tiny: Path) -> None:
+    model, _ = load_causal_lm(str(tiny))
+    targets = select_targets(model)
+    mem = generation_memory(model, targets, members=8, rank=1, prompts=4, prompt_tokens=10, new_tokens=6)
+    # KV cache: 2 (k, v) × layers × rows × tokens × kv heads × head dim × 4 bytes
+    assert mem["KV cache"] == 2 * 2 * 32 * 16 * 2 * 8 * 4
+    assert mem["total (estimate)"] == sum(v for k, v in mem.items() if k != "total (estimate)")
+    adam = generation_memory(model, targets, 8, 1, 4, 10, 6, optimizer="adam")
+    assert adam["update: ES estimate"] == 3 * mem["update: ES estimate"]
