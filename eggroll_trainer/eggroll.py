@@ -8,8 +8,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .base import ESTrainer, FitnessFn, _check, _is_int
+from .base import ESTrainer
+from .evaluation import FitnessFn
 from .noise import NoiseSpec
+from .validation import check, is_int
 
 
 class EGGROLLTrainer(ESTrainer):
@@ -71,7 +73,7 @@ class EGGROLLTrainer(ESTrainer):
         seed: int | None = None,
         **options: Any,
     ) -> None:
-        _check(_is_int(rank) and rank >= 1, f"Invalid rank: {rank}")
+        check(is_int(rank) and rank >= 1, f"Invalid rank: {rank}")
         self.rank = int(rank)
         self.freeze_nonlora = bool(freeze_nonlora)
         super().__init__(

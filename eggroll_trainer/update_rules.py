@@ -9,7 +9,7 @@ unchanged, and a resumed run continues bit-identically.
 * ``"sgd"``: ``torch.optim.SGD``. With d = −ĝ + λθ: buf ← μ·buf + (1 − dampening)·d;
   θ ← θ − lr·(d + μ·buf if nesterov else buf). Without momentum, θ ← θ + lr·ĝ.
 * ``"adam"``, ``"adamw"``: ``torch.optim.Adam``, ``torch.optim.AdamW`` with −ĝ in the role of the gradient.
-* ``"clipup"``: [`ClipUp`][eggroll_trainer.update_rules.ClipUp] (Toklu et al., 2020), below.
+* ``"clipup"``: [`ClipUp`][eggroll_trainer.update_rules.ClipUp] (Toklu et al., 2020; module ``clipup``).
 * any callable ``factory(param_groups) -> torch.optim.Optimizer``: a ``torch.optim`` class such as
   ``torch.optim.RMSprop``, or a ``functools.partial(torch.optim.SGD, momentum=0.9)``.
 """
@@ -18,13 +18,27 @@ from __future__ import annotations
 
 import functools
 import inspect
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
-from torch.optim.optimizer import required
+
+from .clipup import ClipUp
+from .validation import check, is_real
+
+__all__ = [
+    "UPDATE_RULES",
+    "RULE_DEFAULTS",
+    "Rule",
+    "ClipUp",
+    "check_rule",
+    "rule_defaults",
+    "build_rules",
+    "step_rules",
+    "restored_rules",
+    "describe_rule",
+]
 
 UPDATE_RULES = ("sgd", "adam", "adamw", "clipup")
 
@@ -42,67 +56,6 @@ RULE_DEFAULTS: dict[str, Any] = dict(
     eps=1e-8,
     max_speed=None,
 )
-
-
-class ClipUp(torch.optim.Optimizer):
-    r"""ClipUp (Toklu et al., 2020, "ClipUp: a simple and powerful optimizer for distribution-based policy
-    evolution"): normalised gradient steps with momentum and a speed limit.
-
-    With $g$ the gradient (here $-\hat g$) of all parameters of a group taken as one vector,
-
-    $$v \leftarrow \mu v + \mathrm{lr}\,\frac{g}{\lVert g\rVert},\qquad
-      v \leftarrow v \cdot \min\Big(1, \frac{\texttt{max\_speed}}{\lVert v\rVert}\Big),\qquad
-      \theta \leftarrow \theta - v .$$
-
-    The step length never exceeds ``max_speed`` whatever the scale of the gradient; the paper suggests
-    ``max_speed = 2 * lr`` (the default) and ``momentum = 0.9``.
-
-    Args:
-        params: parameters or param-group dicts.
-        lr: length of the normalised step added to the velocity.
-        momentum: velocity decay μ.
-        max_speed: bound on ‖v‖; ``None`` means ``2 * lr`` (read at every step, so it follows a schedule).
-    """
-
-    def __init__(
-        self, params: Any, lr: float = required, momentum: float = 0.9, max_speed: float | None = None
-    ):
-        if lr is not required and not lr >= 0:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if not 0 <= momentum < 1:
-            raise ValueError(f"Invalid momentum: {momentum}")
-        if max_speed is not None and not max_speed > 0:
-            raise ValueError(f"Invalid max_speed: {max_speed}")
-        super().__init__(params, dict(lr=lr, momentum=momentum, max_speed=max_speed))
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """One ClipUp step on the current ``.grad`` of every parameter that has one."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            lr, momentum = group["lr"], group["momentum"]
-            max_speed = group["max_speed"] if group["max_speed"] is not None else 2 * lr
-            norm = _norm([p.grad for p in params])
-            scale = lr / norm if norm > 0 else 0.0
-            velocities = []
-            for p in params:
-                state = self.state[p]
-                if "velocity" not in state:
-                    state["velocity"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                velocities.append(state["velocity"].mul_(momentum).add_(p.grad, alpha=scale))
-            speed = _norm(velocities)
-            if speed > max_speed:
-                for v in velocities:
-                    v.mul_(max_speed / speed)
-            for p, v in zip(params, velocities):
-                p.sub_(v)
-        return loss
 
 
 _NAMED: dict[str, Callable[..., torch.optim.Optimizer]] = {
@@ -237,20 +190,20 @@ def describe_rule(rule: Rule) -> str:
 def _validate(
     momentum: Any, dampening: Any, nesterov: Any, weight_decay: Any, betas: Any, eps: Any, max_speed: Any
 ) -> None:
-    _check(_is_real(momentum) and 0 <= momentum < 1, f"Invalid momentum: {momentum}")
-    _check(_is_real(dampening) and 0 <= dampening <= 1, f"Invalid dampening: {dampening}")
-    _check(isinstance(nesterov, bool), f"Invalid nesterov: {nesterov!r}")
-    _check(
+    check(is_real(momentum) and 0 <= momentum < 1, f"Invalid momentum: {momentum}")
+    check(is_real(dampening) and 0 <= dampening <= 1, f"Invalid dampening: {dampening}")
+    check(isinstance(nesterov, bool), f"Invalid nesterov: {nesterov!r}")
+    check(
         not nesterov or (momentum > 0 and dampening == 0),
         "Invalid nesterov: needs momentum > 0 and dampening 0",
     )
-    _check(_is_real(weight_decay) and weight_decay >= 0, f"Invalid weight_decay: {weight_decay}")
-    _check(
-        isinstance(betas, Sequence) and len(betas) == 2 and all(_is_real(b) and 0 <= b < 1 for b in betas),
+    check(is_real(weight_decay) and weight_decay >= 0, f"Invalid weight_decay: {weight_decay}")
+    check(
+        isinstance(betas, Sequence) and len(betas) == 2 and all(is_real(b) and 0 <= b < 1 for b in betas),
         f"Invalid betas: {betas}",
     )
-    _check(_is_real(eps) and eps >= 0, f"Invalid eps: {eps}")
-    _check(max_speed is None or (_is_real(max_speed) and max_speed > 0), f"Invalid max_speed: {max_speed}")
+    check(is_real(eps) and eps >= 0, f"Invalid eps: {eps}")
+    check(max_speed is None or (is_real(max_speed) and max_speed > 0), f"Invalid max_speed: {max_speed}")
 
 
 def _parameters(factory: Callable[..., Any]) -> set[str] | None:
@@ -262,17 +215,3 @@ def _parameters(factory: Callable[..., Any]) -> set[str] | None:
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()):
         return None
     return set(signature.parameters)
-
-
-def _norm(tensors: list[Tensor]) -> float:
-    """‖(t₁, t₂, …)‖ of the tensors taken as one vector, accumulated in float64."""
-    return math.sqrt(sum(float(torch.linalg.vector_norm(t, dtype=torch.float64)) ** 2 for t in tensors))
-
-
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise ValueError(message)
-
-
-def _is_real(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)

@@ -1,0 +1,88 @@
+r"""The ES gradient estimate $\hat g$ from a generation's shaped fitnesses.
+
+Member $i$ was evaluated at $\theta + \sigma s_i E_{k(i)}$; with shaped fitnesses $\tilde f_i$ (higher is
+better), parameter $j$'s estimate is
+
+$$\hat g_j = \frac{1}{N\sigma_j} \sum_{i=1}^{N} \tilde f_i\, s_i E_{j,k(i)}
+           = \frac{1}{N\sigma_j} \sum_{k=1}^{P} w_k E_{j,k},\qquad w_k = \sum_{i:\,k(i)=k} s_i \tilde f_i ,$$
+
+so the $N$ members fold into $P$ *pair weights* first ($w_k = \tilde f_{2k} - \tilde f_{2k+1}$ for an
+antithetic pair) and each parameter needs one weighted sum of its $P$ noises — a chunked GEMM of the
+stacked factors for low-rank noise (``noise.ParamNoise.weighted_sum``).
+
+The update is all or nothing: every $\hat g_j$ is computed and
+[`check_finite`][eggroll_trainer.estimate.check_finite] checked before any parameter moves.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .noise import ParamNoise, member_pairs, num_pairs
+
+#: Table values one chunk of the update GEMM may touch (A and B factors of c pairs): 16 M floats.
+UPDATE_CHUNK_VALUES = 1 << 24
+
+
+def pair_weights(shaped: Tensor, antithetic: bool) -> Tensor:
+    r"""$w_k = \sum_{i:\,k(i)=k} s_i \tilde f_i$: ``(N,)`` shaped fitnesses to ``(P,)`` float64 pair weights
+    (P = ⌈N/2⌉ with antithetic pairs, N without)."""
+    n = shaped.numel()
+    pairs, signs = member_pairs(0, n, antithetic, torch.device("cpu"))
+    weights = torch.zeros(num_pairs(n, antithetic), dtype=torch.float64)
+    weights.index_add_(0, pairs, signs.double() * shaped)
+    return weights
+
+
+def estimate(
+    params: list[Tensor],
+    noises: list[ParamNoise | None],
+    sigmas: list[float],
+    weights: Tensor,
+    population_size: int,
+    chunk_size: int | None = None,
+) -> list[Tensor | None]:
+    r"""$\hat g_j = \sum_k w_k E_{j,k} / (N \sigma_j)$ for every parameter with noise (``None`` for the others).
+
+    Args:
+        params: the trained parameters (for the device and dtype of each estimate).
+        noises: each parameter's noise this generation, or ``None`` (not perturbed).
+        sigmas: each parameter's σ (its group's).
+        weights: ``(P,)`` pair weights from [`pair_weights`][eggroll_trainer.estimate.pair_weights].
+        population_size: N.
+        chunk_size: the trainer's members per population-mode call, if any; it also bounds the pairs per
+            chunk of the weighted sum (memory), never the result.
+
+    Returns:
+        One tensor shaped like each parameter (freshly allocated: the caller may overwrite it), or ``None``.
+    """
+    ascents: list[Tensor | None] = []
+    for p, noise, sigma in zip(params, noises, sigmas):
+        if noise is None:
+            ascents.append(None)
+            continue
+        chunk = max(1, UPDATE_CHUNK_VALUES // noise.spec.length)
+        if chunk_size:
+            chunk = min(chunk, max(1, math.ceil(chunk_size / 2)))
+        w = weights.to(device=p.device, dtype=p.dtype)
+        ascents.append(noise.weighted_sum(w, chunk).div_(population_size * sigma))
+    return ascents
+
+
+def check_finite(grads: list[Tensor | None], generation: int) -> None:
+    """Raise ``RuntimeError`` if any estimate holds a NaN or inf (``None`` entries are skipped)."""
+    if not all(all_finite(g) for g in grads if g is not None):
+        raise RuntimeError(f"generation {generation}: the ES estimate is not finite; parameters unchanged")
+
+
+def all_finite(t: Tensor) -> bool:
+    """Whether every value of ``t`` is finite."""
+    # min and max are finite iff every value is (NaN propagates): one pass, no temporaries — isfinite().all()
+    # costs ~25x more on CPU, a fifth of a whole generation for a 1M-parameter MLP (benchmarks/).
+    if t.numel() == 0:
+        return True
+    lo, hi = torch.aminmax(t)
+    return math.isfinite(lo.item()) and math.isfinite(hi.item())

@@ -1,0 +1,118 @@
+r"""The eggroll-trainer 0.1.0 protocol: ES on one flat parameter vector.
+
+A subclass of [`ESTrainer`][eggroll_trainer.ESTrainer] that overrides
+[`sample_perturbations`][eggroll_trainer.ESTrainer.sample_perturbations] (``N -> (N, D)`` unit perturbations
+$\varepsilon_i$) and/or [`compute_update`][eggroll_trainer.ESTrainer.compute_update] (``(N, D), (N,) -> (D,)``
+ascent direction $u$) gets this generation:
+
+$$f_i = F(\theta + \sigma\varepsilon_i),\qquad \theta \leftarrow \mathrm{rule}(\theta, \hat g = u),$$
+
+with $\theta$ restored exactly after each member (0.1.0 left the last member's parameters in the model) and
+non-finite $f_i$ replaced by a value below every finite one. The defaults reproduce the keyed-noise ES:
+$\varepsilon$ are the generation's noises, densified, and $u = \sum_i \tilde f_i \varepsilon_i / (N\sigma)$.
+Costs O(N·D) memory: for small models and custom algorithms, not for training large ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+from torch.nn.utils import vector_to_parameters
+
+from .best import best_member
+from .estimate import check_finite
+from .evaluation import check_scores
+from .noise import ParamNoise, member_pairs
+from .shaping import ShapingFn, finite_or_worst, shape_fitness
+
+if TYPE_CHECKING:
+    from .base import ESTrainer
+
+
+def dense_perturbations(
+    params: list[Tensor], noises: list[ParamNoise | None], population_size: int, antithetic: bool
+) -> Tensor:
+    """``(N, D)``: row i is member i's signed noise $s_i E_{k(i)}$ of every parameter, flattened and
+    concatenated in parameter order (zeros for parameters without noise)."""
+    pairs, signs = member_pairs(0, population_size, antithetic, torch.device("cpu"))
+    rows = []
+    for pair, sign in zip(pairs.tolist(), signs.tolist()):
+        parts = []
+        for p, noise in zip(params, noises):
+            if noise is None:
+                parts.append(torch.zeros(p.numel(), device=p.device, dtype=p.dtype))
+            else:
+                parts.append(noise.dense(torch.tensor([pair]), torch.tensor([sign]))[0].reshape(-1))
+        rows.append(torch.cat(parts))
+    return torch.stack(rows)
+
+
+def es_update(
+    perturbations: Tensor, fitnesses: Tensor, shaping: ShapingFn, group_size: int, sigma: float
+) -> Tensor:
+    r"""$u = \sum_i \tilde f_i \varepsilon_i / (N\sigma)$ with $\tilde f$ = ``shaping`` (then ``group_size``
+    normalisation) of ``fitnesses``: ``(N, D), (N,) -> (D,)``."""
+    shaped = shape_fitness(fitnesses.double().cpu(), shaping, group_size)
+    shaped = shaped.to(device=perturbations.device, dtype=perturbations.dtype)
+    return shaped @ perturbations / (perturbations.shape[0] * sigma)
+
+
+def split(flat: Tensor, params: list[Tensor]) -> list[Tensor]:
+    """``flat`` cut into one piece per parameter (views, each of ``p.numel()`` values, not reshaped)."""
+    out, index = [], 0
+    for p in params:
+        out.append(flat[index : index + p.numel()])
+        index += p.numel()
+    return out
+
+
+def flat_generation(
+    trainer: ESTrainer, score: Callable[[], float]
+) -> tuple[Tensor, Tensor, tuple[float, list[Tensor]] | None, list[Tensor | None]]:
+    """Evaluate one generation of ``trainer`` through its flat hooks; nothing is written to it.
+
+    Frozen parameters (``requires_grad=False``) get zero perturbation and no update. The update is checked
+    finite before it is returned.
+
+    Returns:
+        ``(scores, finite, best, ascents)``: the ``(N,)`` float64 scores and their finite mask;
+        ``(fitness, values)`` of the best member if it beats ``trainer.best_fitness``, else ``None``; per
+        parameter its ascent ĝ (a fresh tensor) or ``None`` when frozen.
+    """
+    params = trainer._all_params()
+    n = trainer.population_size
+    theta = trainer.current_params
+    perturbations = trainer.sample_perturbations(n)
+    if perturbations.shape != (n, theta.numel()):
+        raise ValueError(
+            f"sample_perturbations must return shape {(n, theta.numel())}, got {tuple(perturbations.shape)}"
+        )
+    frozen = [not p.requires_grad for p in params]
+    if any(frozen):  # frozen parameters are neither perturbed nor updated
+        keep = torch.cat([torch.full((p.numel(),), float(not f)) for p, f in zip(params, frozen)])
+        perturbations = perturbations * keep.to(perturbations)
+    sigma = trainer.param_groups[0]["sigma"]
+    scores = torch.empty(n, dtype=torch.float64)
+    try:
+        for i in range(n):
+            vector_to_parameters(theta + sigma * perturbations[i].to(theta), params)
+            scores[i] = score()
+    finally:
+        vector_to_parameters(theta, params)
+    finite = check_scores(scores, trainer.generation)
+    clean, _ = finite_or_worst(scores)
+    member = best_member(scores, trainer.best_fitness)
+    best = None
+    if member is not None:
+        values = split(theta + sigma * perturbations[member].to(theta), params)
+        best = float(scores[member]), [t.view_as(p).clone() for t, p in zip(values, params)]
+    update = trainer.compute_update(perturbations, clean.to(device=theta.device, dtype=torch.float32))
+    check_finite([update], trainer.generation)
+    ascents: list[Tensor | None] = [
+        None if f else u.view_as(p).to(p.dtype, copy=True)
+        for u, p, f in zip(split(update, params), params, frozen)
+    ]
+    return scores, finite, best, ascents

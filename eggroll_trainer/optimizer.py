@@ -1,0 +1,228 @@
+"""`ESOptimizer`: what every ES trainer shares whatever its algorithm, as ``torch/optim/optimizer.py`` holds
+what SGD and Adam share.
+
+That is the run's lasting state — the generation counter, the fitness history, the best member, the noise seed —
+and what reads or writes it: ``state_dict``/``load_state_dict`` (a reload continues bit-identically), ``reset``,
+the ``train`` loop, ``get_best_model``, and the group-wide ``lr``/``sigma`` accessors.
+[`ESTrainer`][eggroll_trainer.ESTrainer] adds the hyperparameters, the noise and ``step``.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parameters_to_vector, vector_to_parameters
+from tqdm.auto import tqdm
+
+from . import distributed
+from .best import best_model, restored
+from .evaluation import FitnessFn, evaluate_center
+from .update_rules import build_rules, check_rule, describe_rule, restored_rules
+from .validation import check, check_groups, check_params, is_int, is_real
+
+logger = logging.getLogger("eggroll_trainer.base")  # the name users configure; the trainers live there
+
+
+class ESOptimizer(torch.optim.Optimizer):
+    """Base of [`ESTrainer`][eggroll_trainer.ESTrainer]: the lasting state of an ES run and its checkpoint.
+
+    A subclass implements ``step()`` (one generation, ending with ``_record``) and sets ``noise_table_size``
+    before its first ``state_dict()``. Every group needs ``lr``, ``sigma`` and ``optimizer`` (the update
+    rule, built here on the groups: see ``eggroll_trainer.update_rules``).
+
+    Args:
+        params: parameters or param-group dicts.
+        defaults: the groups' default hyperparameters.
+        model: the module whose parameters are trained.
+        fitness_fn: ``fitness_fn(model)``, or ``None``.
+        population_size: members per generation N.
+        batched: whether ``fitness_fn`` scores a population at once.
+        seed: noise seed; ``None`` draws one from ``secrets`` (rank 0's on every rank when distributed).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        defaults: dict[str, Any],
+        *,
+        model: nn.Module,
+        fitness_fn: FitnessFn | None,
+        population_size: int,
+        batched: bool,
+        seed: int | None,
+    ) -> None:
+        super().__init__(params, defaults)
+        check_groups(self.param_groups)
+        for group in self.param_groups:
+            check_rule(group["optimizer"])
+        self.model = model
+        self.fitness_fn = fitness_fn
+        self.population_size = int(population_size)
+        self.batched = bool(batched)
+        check_params(self._all_params())
+        self.seed = distributed.broadcast_seed(seed if seed is not None else secrets.randbits(63))
+        self.noise_table_size = 0  # set by the subclass, which knows its noise
+        self.generation = 0
+        self.fitness_history: list[float] = []
+        self.best_fitness: float | None = None
+        self._best_params: list[Tensor] | None = None
+        self._initial_params = [p.detach().clone() for p in self._all_params()]
+        self._rules = build_rules(self.param_groups, self.state)  # torch.optim optimizers on our groups
+
+    # ------------------------------------------------------------------------------ properties
+    @property
+    def learning_rate(self) -> float:
+        """``lr`` of the first param group (set: every group)."""
+        return self.param_groups[0]["lr"]
+
+    @learning_rate.setter
+    def learning_rate(self, value: float) -> None:
+        check(is_real(value) and value >= 0, f"Invalid learning rate: {value}")
+        for group in self.param_groups:
+            group["lr"] = value
+
+    @property
+    def sigma(self) -> float:
+        """``sigma`` of the first param group (set: every group)."""
+        return self.param_groups[0]["sigma"]
+
+    @sigma.setter
+    def sigma(self, value: float) -> None:
+        check(is_real(value) and value > 0, f"Invalid sigma: {value}")
+        for group in self.param_groups:
+            group["sigma"] = value
+
+    @property
+    def current_params(self) -> Tensor:
+        """The trained parameters as one flat vector (a copy)."""
+        return parameters_to_vector([p.detach() for p in self._all_params()])
+
+    @current_params.setter
+    def current_params(self, flat: Tensor) -> None:
+        with torch.no_grad():
+            vector_to_parameters(flat, self._all_params())
+
+    # ---------------------------------------------------------------------------------- public
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """As ``torch.optim.Optimizer.zero_grad``. ES never reads ``.grad``: the update rule sees ``−ĝ`` there
+        only inside ``step()``, which puts every ``.grad`` back as it found it."""
+        super().zero_grad(set_to_none=set_to_none)
+
+    def train(self, num_generations: int, verbose: bool = True) -> dict[str, Any]:
+        """Run ``num_generations`` generations (a tqdm bar when ``verbose``).
+
+        Ctrl-C stops after restoring the last completed generation's weights and returns normally
+        (``interrupted`` is then ``True``).
+
+        Returns:
+            ``generation``, ``best_fitness``, ``fitness_history``, ``interrupted``.
+        """
+        check(is_int(num_generations) and num_generations >= 0, f"Invalid num_generations: {num_generations}")
+        interrupted = False
+        show = verbose and distributed.world()[0] == 0  # one bar, not one per process
+        bar = tqdm(range(num_generations), disable=not show, desc="generations")
+        try:
+            for _ in bar:
+                metrics = self.step()
+                bar.set_postfix(mean=f"{metrics['mean_fitness']:.4g}", best=f"{metrics['best_fitness']:.4g}")
+        except KeyboardInterrupt:
+            interrupted = True
+            logger.warning("interrupted; parameters are those after generation %d", self.generation)
+        finally:
+            bar.close()
+        return {
+            "generation": self.generation,
+            "best_fitness": self.best_fitness,
+            "fitness_history": self.fitness_history,
+            "interrupted": interrupted,
+        }
+
+    def evaluate_fitness(self, model: nn.Module) -> float:
+        """``fitness_fn(model)`` as a float — the unperturbed model's fitness.
+
+        With ``batched=True`` the fitness function is called in a population of one member (inputs with a
+        leading dimension of 1), so the same function serves both."""
+        if self.fitness_fn is None:
+            raise ValueError("evaluate_fitness() needs a fitness_fn")
+        return evaluate_center(model, self.fitness_fn, self.batched)
+
+    def get_best_model(self) -> nn.Module:
+        """A deep copy of ``model`` holding exactly the best evaluated member's parameters."""
+        return best_model(self.model, self._all_params(), self._best_params)
+
+    def reset(self) -> None:
+        """Back to the parameters and state at construction (generation 0, no history or moments)."""
+        with torch.no_grad():
+            for p, value in zip(self._all_params(), self._initial_params):
+                p.copy_(value)
+        self.state = defaultdict(dict)
+        self._rules = build_rules(self.param_groups, self.state)
+        self.generation = 0
+        self.fitness_history = []
+        self.best_fitness = None
+        self._best_params = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """The optimizer state plus the ES state (generation, seed, history, best member, table size)."""
+        state = super().state_dict()
+        state["es"] = {
+            "generation": self.generation,
+            "seed": self.seed,
+            "population_size": self.population_size,
+            "noise_table_size": self.noise_table_size,
+            "fitness_history": list(self.fitness_history),
+            "best_fitness": self.best_fitness,
+            "best_params": None if self._best_params is None else [t.clone() for t in self._best_params],
+        }
+        for packed in state["param_groups"]:  # a callable rule is saved by name (loads with weights_only)
+            packed["optimizer"] = describe_rule(packed["optimizer"])
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore a [`state_dict`][eggroll_trainer.ESTrainer.state_dict]; the run then continues bit-identically
+        (the saved seed wins)."""
+        es = state_dict.get("es")
+        if es is None:
+            raise ValueError("load_state_dict: not an ESTrainer state dict (no 'es' entry)")
+        if es["population_size"] != self.population_size:
+            raise ValueError(
+                f"load_state_dict: saved population_size={es['population_size']} != {self.population_size}"
+            )
+        rules = restored_rules(
+            state_dict["param_groups"], self.param_groups
+        )  # raises before anything changes
+        super().load_state_dict({k: v for k, v in state_dict.items() if k != "es"})
+        for group, rule in zip(self.param_groups, rules):
+            group["optimizer"] = rule
+        self._rules = build_rules(self.param_groups, self.state)
+        self.generation = int(es["generation"])
+        self.seed = int(es["seed"])
+        self.noise_table_size = int(es["noise_table_size"])
+        self.fitness_history = list(es["fitness_history"])
+        self.best_fitness = es["best_fitness"]
+        self._best_params = restored(es["best_params"], self._all_params())
+
+    # -------------------------------------------------------------------------------- internals
+    def _all_params(self) -> list[Tensor]:
+        return [p for group in self.param_groups for p in group["params"]]
+
+    def _record(self, finite_scores: Tensor, with_closure: bool) -> dict[str, Any]:
+        """Count a completed generation; its metrics over this generation's finite scores."""
+        self.generation += 1
+        mean = float(finite_scores.mean())
+        self.fitness_history.append(mean)
+        metrics: dict[str, Any] = {
+            "generation": self.generation,
+            "mean_fitness": mean,
+            "best_fitness": float(finite_scores.max()),
+            "std_fitness": float(finite_scores.std(unbiased=False)) if finite_scores.numel() > 1 else 0.0,
+        }
+        if with_closure:
+            metrics["loss"] = -mean
+        return metrics

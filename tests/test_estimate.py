@@ -1,0 +1,66 @@
+"""eggroll_trainer.estimate: pair weights and ĝ on hand-computed cases; the finite check."""
+
+import math
+
+import pytest
+import torch
+
+from eggroll_trainer.estimate import all_finite, check_finite, estimate, pair_weights
+from eggroll_trainer.noise import NoiseSpec, ParamNoise
+
+
+def arange_noise(shape, rank, pairs, size):
+    """Noise read from table = 0, 1, 2, … at base 0: every E_k can be written down by hand."""
+    table = torch.arange(size, dtype=torch.float32)
+    noise = ParamNoise(table, NoiseSpec(torch.Size(shape), rank=rank), key=0, pairs=pairs)
+    assert noise.base == 0 and noise.stride == noise.spec.length  # disjoint windows, from the start
+    return noise
+
+
+def test_pair_weights_fold_mirrored_members():
+    shaped = torch.tensor([1.0, -1.0, 0.5, 0.25], dtype=torch.float64)
+    assert pair_weights(shaped, antithetic=True).tolist() == [2.0, 0.25]  # f̃_2k - f̃_2k+1
+    assert pair_weights(shaped, antithetic=False).tolist() == shaped.tolist()
+    odd = pair_weights(torch.tensor([3.0, 1.0, 2.0], dtype=torch.float64), antithetic=True)
+    assert odd.tolist() == [2.0, 2.0]  # the last member has no mirror
+    assert odd.dtype == torch.float64
+
+
+def test_full_rank_estimate_by_hand():
+    noise = arange_noise((2,), rank=None, pairs=2, size=8)  # E_0 = [0, 1], E_1 = [2, 3]
+    weights = torch.tensor([2.0, 0.25], dtype=torch.float64)
+    (g,) = estimate([torch.zeros(2)], [noise], [0.5], weights, population_size=4)
+    # (2·[0, 1] + 0.25·[2, 3]) / (N σ = 2)
+    assert torch.allclose(g, torch.tensor([0.25, 1.375]))
+
+
+def test_low_rank_estimate_by_hand():
+    noise = arange_noise((2, 2), rank=1, pairs=2, size=16)
+    # pair 0: Aᵀ = [0, 1], Bᵀ = [2, 3]; pair 1: Aᵀ = [4, 5], Bᵀ = [6, 7]; E_k = A_k B_kᵀ
+    e0 = torch.tensor([[0.0, 0.0], [2.0, 3.0]])
+    e1 = torch.tensor([[24.0, 28.0], [30.0, 35.0]])
+    assert torch.equal(noise.dense(torch.tensor([0, 1]), torch.tensor([1.0, 1.0])), torch.stack([e0, e1]))
+    weights = pair_weights(
+        torch.tensor([1.0, 0.0, 0.0, 1.0], dtype=torch.float64), antithetic=True
+    )  # [1, -1]
+    (g,) = estimate([torch.zeros(2, 2)], [noise], [1.0], weights, population_size=4)
+    assert torch.allclose(g, (e0 - e1) / 4)
+
+
+def test_chunked_sum_equals_one_chunk_and_unperturbed_parameters_get_none():
+    table = torch.randn(1 << 12, generator=torch.Generator().manual_seed(0))
+    noise = ParamNoise(table, NoiseSpec(torch.Size((5, 3)), rank=2), key=12345, pairs=7)
+    weights = torch.randn(7, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    params = [torch.zeros(5, 3), torch.zeros(4)]
+    whole = estimate(params, [noise, None], [0.1, 0.1], weights, 14)
+    chunked = estimate(params, [noise, None], [0.1, 0.1], weights, 14, chunk_size=2)  # one pair per chunk
+    assert whole[1] is None and chunked[1] is None
+    assert torch.allclose(whole[0], chunked[0], atol=1e-6)
+
+
+def test_check_finite_is_all_or_nothing():
+    check_finite([torch.ones(3), None, torch.empty(0)], generation=0)
+    for bad in (math.nan, math.inf, -math.inf):
+        with pytest.raises(RuntimeError, match="generation 7: the ES estimate is not finite"):
+            check_finite([torch.ones(3), torch.tensor([0.0, bad])], generation=7)
+    assert all_finite(torch.zeros(0)) and not all_finite(torch.tensor([1.0, math.nan]))
