@@ -31,7 +31,7 @@ def _over_std(centered: Tensor, std: Tensor, values: Tensor) -> Tensor:
     """centered / std — or zeros when the spread is rounding noise (equal scores: the mean of n equal
     values is only exact to ~n ulps, and dividing that noise by a noise-sized std would amplify it)."""
     noise = 8 * values.numel() * torch.finfo(values.dtype).eps * values.abs().max()
-    if std <= noise:
+    if centered.abs().max() <= noise:  # (not std: its square may underflow for tiny, distinct scores)
         return torch.zeros_like(centered)
     return centered / (std + _EPS)
 
