@@ -68,7 +68,19 @@ def norm(mode: population_mode, func: Any, args: tuple, kwargs: dict) -> Tensor:
     call["weight"] = None if member_w else weight
     if "bias" in call:
         call["bias"] = None if member_b else bias
-    y = func(**call)
+    y = func(**call)  # a fresh tensor: the members' affine transform may go in place
+    trailing = tuple(call["normalized_shape"]) if not isinstance(call["normalized_shape"], int) else (
+        call["normalized_shape"],)  # fmt: skip
+    per = mode.rows_of(y, f"the norm of {mode.name(weight if member_w else bias)}")
+    if per is not None and y.dim() > len(trailing):
+        k = mode.info.size
+        y_members = y.view(k, per, *y.shape[1:])  # (K, b, ..., *normalized_shape)
+        ones = [1] * (y.dim() - 1 - len(trailing))
+        if member_w:
+            y_members.mul_(member_values(mode, weight).view(k, 1, *ones, *trailing))
+        if member_b:
+            y_members.add_(member_values(mode, bias).view(k, 1, *ones, *trailing))
+        return y
     if member_w:
         y = with_member_values(mode, torch.mul, y, weight, param_first=False)
     if member_b:
