@@ -122,7 +122,12 @@ class PopulationRollout:
         """Play this call's members (all N, or this process's shard or chunk) and the center once; returns
         the members' training fitness ``return − reward_shift · length``, (K,)."""
         members = current_population()
-        lo, hi = (0, self.n) if members is None else (members.start, members.start + members.size)
+        if members is None or members.total != self.n:
+            raise ValueError(
+                "PopulationRollout.fitness is a batched fitness: pass it to a trainer with batched=True and "
+                f"population_size={self.n} (it plays every member at once)"
+            )
+        lo, hi = members.start, members.start + members.size
         if self._played[lo:hi].any():
             raise RuntimeError("PopulationRollout: call end_generation() after every trainer.step()")
         active = np.zeros(self.n + 1, dtype=bool)

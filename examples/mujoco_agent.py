@@ -65,7 +65,9 @@ class Args:
     # Hyperparameters: unset ones come from the task's preset (PRESETS below).
     population_size: int | None = None  # members N per generation, N/2 antithetic pairs
     sigma: float | None = None  # noise scale σ
-    lr: float | None = None  # learning rate of Adam on the ES estimate
+    lr: float | None = None  # learning rate on the ES estimate
+    optimizer: str | None = None  # "adam", "sgd" (ARS' step: lr = 2·σ·α), "clipup", ...
+    fitness_shaping: str | None = None  # "centered_rank", "zscore" or "raw" (with elite_k: ARS' scaling)
     rank: int | None = None  # rank r of each member's weight perturbation A Bᵀ/√r
     elite_k: int | None = None  # ARS top-b: only the elite_k best antithetic pairs move θ (0: every pair)
     hidden: int | None = None  # hidden width of a tanh MLP policy (0: a linear policy)
@@ -83,6 +85,8 @@ class Preset:
     sigma: float = 0.03
     lr: float = 0.02
     rank: int = 1  # for a linear policy rank 1 learns as fast as full-rank noise (measured on HalfCheetah)
+    optimizer: str = "adam"
+    fitness_shaping: str = "centered_rank"
     elite_k: int = 0
     hidden: int = 0
     alive_bonus: float = 0.0
@@ -206,12 +210,10 @@ def main(args: Args) -> None:
                                 obs_clip=args.obs_clip, num_workers=args.num_workers)  # fmt: skip
     trainer = EGGROLLTrainer(policy.parameters(), model=policy, fitness_fn=rollout.fitness,
                              population_size=hp.population_size, learning_rate=hp.lr, sigma=hp.sigma, rank=hp.rank,
-                             elite_k=hp.elite_k, seed=args.seed, optimizer="adam", fitness_shaping="centered_rank",
-                             batched=True)  # fmt: skip
+                             elite_k=hp.elite_k, seed=args.seed, optimizer=hp.optimizer,
+                             fitness_shaping=hp.fitness_shaping, batched=True)  # fmt: skip
     if lead:
-        print(
-            f"{env_id}: obs {obs_dim}, act {act_dim}, {hp}; bare stepping {bare_start:,.0f} steps/s; to {out}"
-        )
+        print(f"{env_id}: obs {obs_dim}, act {act_dim}, {hp}; bare {bare_start:,.0f} steps/s; to {out}")
 
     fields = ["generation", "env_steps", "wall_time_s", "mean_return", "eval_return", "max_return",
               "mean_length", "eval_length", "steps_per_s", "generation_s", "worker_envs"]  # fmt: skip
@@ -260,9 +262,7 @@ def main(args: Args) -> None:
     kind = f"MLP({hp.hidden})" if hp.hidden else "linear"
     plot_curve(rows, f"{env_id}: EGGROLL, {kind} policy, N={hp.population_size} (seed {args.seed})", out)
     summary = dict(
-        env_id=env_id, seed=args.seed, population_size=hp.population_size, sigma=hp.sigma, lr=hp.lr, rank=hp.rank,
-        elite_k=hp.elite_k, hidden=hp.hidden, alive_bonus=hp.alive_bonus, generations=trainer.generation,
-        env_steps=env_steps, train_time_s=round(train_time, 1), steps_per_s=round(env_steps / train_time),
+        env_id=env_id, seed=args.seed, **dataclasses.asdict(hp), generations=trainer.generation, env_steps=env_steps, train_time_s=round(train_time, 1), steps_per_s=round(env_steps / train_time),
         bare_steps_per_s_start=round(bare_start), bare_steps_per_s_end=round(bare_end),
         throughput_ratio=round(env_steps / train_time / bare, 3), eval_return_last=rows[-1]["eval_return"],
         final_eval_mean=round(float(final.mean()), 2), final_eval_std=round(float(final.std()), 2),

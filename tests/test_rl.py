@@ -187,6 +187,15 @@ def test_end_generation_is_required():
     roll.close()
 
 
+def test_fitness_needs_a_batched_trainer_of_the_same_size():
+    policy, roll, _ = line_setup()
+    for kw in (dict(population_size=8, batched=False), dict(population_size=6, batched=True)):
+        trainer = EGGROLLTrainer(policy.parameters(), model=policy, fitness_fn=roll.fitness, seed=0, **kw)
+        with pytest.raises(ValueError, match="batched=True"):
+            trainer.step()
+    roll.close()
+
+
 def test_chunked_evaluation_plays_every_member_and_the_center_once():
     _, roll, trainer = line_setup(n=8, chunk_size=4)
     trainer.step()
