@@ -3,11 +3,12 @@
 Each generation the N members and the unperturbed ("center") policy θ play one episode each, at once: at each
 step the members' observations (N, obs_dim) go through the policy in population mode in one call.
 ``PopulationRollout`` masks finished members, normalises observations (running mean/std shared by the
-population, frozen during a generation) and subtracts the alive bonus from the training fitness, never from the
-logged returns; ``EGGROLLTrainer`` moves θ (centered ranks, optional ARS top-b pairs, Adam). ``eval_return`` is
-the center's return. Outputs in ``--output-dir``: ``metrics.csv``, ``learning_curve.png``, ``summary.json``,
-``policy.pt`` (a plain ``nn.Sequential``, normaliser included: ``torch.load(path, weights_only=False)(obs)``)
-and, with ``--gif``, ``policy.gif``.
+population, frozen during a generation) and subtracts the alive bonus from the training fitness, never from
+the logged returns; ``EGGROLLTrainer`` moves θ with the task's preset (``eggroll_trainer.presets``: Adam on
+centered ranks, or ARS' top-b pairs and SGD). ``eval_return`` is the center's return. Outputs in
+``--output-dir``: ``metrics.csv``, ``learning_curve.png``, ``summary.json``, ``policy.pt`` (a plain
+``nn.Sequential``, normaliser included: ``torch.load(path, weights_only=False)(obs)``) and, with ``--gif``,
+``policy.gif`` (``eggroll_trainer.render``).
 
     python examples/mujoco_agent.py --env-id Hopper-v5 --time-budget 600 --gif
     torchrun --standalone --nproc_per_node=2 examples/mujoco_agent.py --num-workers 0  # two processes share N
@@ -20,16 +21,14 @@ import dataclasses
 import functools
 import json
 import math
-import multiprocessing as mp
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 # MuJoCo picks its OpenGL backend when it is imported, and a broken one (MUJOCO_GL=osmesa without libOSMesa)
 # fails the import. Stepping needs no OpenGL: import with rendering off; `save_gif` tries your choice (else EGL,
-# then OSMesa) in child processes.
+# then OSMesa) in child processes (eggroll_trainer.render).
 os.environ["GIF_MUJOCO_GL"] = os.environ.get("GIF_MUJOCO_GL", os.environ.get("MUJOCO_GL", ""))
 os.environ["MUJOCO_GL"] = "disable"
 import gymnasium as gym
@@ -46,6 +45,8 @@ from tqdm.auto import tqdm
 
 from eggroll_trainer import EGGROLLTrainer
 from eggroll_trainer.distributed import any_rank, init_from_torchrun, world
+from eggroll_trainer.presets import Preset, preset_for
+from eggroll_trainer.render import save_gif
 from eggroll_trainer.rl import PopulationRollout, bare_steps_per_s
 
 GL_BACKENDS = [os.environ["GIF_MUJOCO_GL"]] if os.environ["GIF_MUJOCO_GL"] else ["egl", "osmesa"]
@@ -64,7 +65,7 @@ class Args:
     output_dir: str | None = None  # where outputs go (unset: runs/{env}__mujoco_agent__{seed}__{time})
     gif: bool = False  # render the trained policy to policy.gif (offscreen: MUJOCO_GL=egl or osmesa)
     gif_seconds: float = 10.0  # simulated seconds in the GIF (≥ 20 frames per simulated second)
-    # Hyperparameters: unset ones come from the task's preset (PRESETS below).
+    # Hyperparameters: unset ones come from the task's preset (eggroll_trainer.presets.PRESETS).
     population_size: int | None = None  # members N per generation, N/2 antithetic pairs
     sigma: float | None = None  # noise scale σ
     lr: float | None = None  # learning rate on the ES estimate
@@ -80,47 +81,6 @@ class Args:
     num_workers: int = 1  # worker processes stepping environments beside the main process (0: none)
     eval_episodes: int = 5  # episodes of the final evaluation of the saved policy
     calibration_s: float = 2.0  # seconds of bare single-env stepping timed at start and end (reference)
-
-
-@dataclass(frozen=True)
-class Preset:
-    population_size: int = 32
-    sigma: float = 0.03
-    lr: float = 0.02
-    rank: int = 1  # for a linear policy rank 1 learns as fast as full-rank noise (measured on HalfCheetah)
-    optimizer: str = "adam"
-    fitness_shaping: str = "centered_rank"
-    elite_k: int = 0
-    hidden: int = 0
-    alive_bonus: float = 0.0
-    normalize: bool = True
-    time_budget: float = 600.0  # seconds: the wall budget of the task's goal (docs/examples/mujoco.md)
-    env_kwargs: dict[str, Any] = field(default_factory=dict)
-
-
-def ars(directions: int, top: int, alpha: float, nu: float, shift: float, **kw: Any) -> Preset:
-    """ARS' hyperparameters (Mania et al. 2018; N directions, b kept, step α, noise ν, shift) as a preset: 2N
-    members, ``elite_k=b``, σ=ν, raw returns and SGD with ``lr = 2να`` — exactly ARS' update (docs/guide/rl.md)."""
-    return Preset(population_size=2 * directions, elite_k=top, sigma=nu, lr=2 * nu * alpha, optimizer="sgd",
-                  fitness_shaping="raw", alive_bonus=shift, **kw)  # fmt: skip
-
-
-PRESETS = {
-    "HalfCheetah": Preset(time_budget=120),  # 3430 after ~1 M steps; Adam on centered ranks
-    # ARS' Hopper (8/4/0.01/0.025/1) with twice the directions, kept directions and step: as sample-efficient
-    # and faster to step (more envs per lockstep step).
-    "Hopper": ars(16, 8, 0.02, 0.025, 1.0),
-    "Walker2d": ars(40, 30, 0.03, 0.025, 1.0, time_budget=900),  # ARS' own
-    # ARS' own; the 78 contact-force entries of Ant's observation are almost always 0: left out.
-    "Ant": ars(
-        60, 20, 0.015, 0.025, 1.0, time_budget=900, env_kwargs={"include_cfrc_ext_in_observation": False}
-    ),
-    # Humanoid's healthy_reward is 5 per step: with Adam, subtracting all of it made falling at once the best policy.
-    "Humanoid": Preset(alive_bonus=0.0, time_budget=3600),
-    # ARS' Swimmer (1 direction, no normalisation) with 8 directions and 2x the step and noise.
-    "Swimmer": ars(8, 4, 0.025, 0.02, 0.0, normalize=False, time_budget=300),
-    "InvertedPendulum": Preset(time_budget=60),  # its reward is the alive bonus: never subtract it
-}
 
 
 def make_policy(obs_dim: int, act_dim: int, hidden: int) -> nn.Module:
@@ -150,61 +110,9 @@ def plot_curve(rows: list[dict[str, float]], title: str, out: Path) -> None:
     plt.close(fig)
 
 
-def frame_every(dt: float) -> int:
-    """Env steps per GIF frame: ≥ 20 frames per simulated second, on GIF's 10 ms grid where possible."""
-    most = max(1, math.floor(0.05 / dt + 1e-9))
-    return next((k for k in range(most, 0, -1) if round(k * dt * 1000) % 10 == 0), most)
-
-
-def save_gif(policy: nn.Module, make_env: Any, seconds: float, seed: int, path: Path) -> bool:
-    """Render one episode offscreen, the camera following the agent. Each GL backend is tried in a child
-    process: a backend is chosen once per process, and a broken GL driver may crash the process loading it."""
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    for backend in GL_BACKENDS:
-        child = ctx.Process(target=_render_gif, args=(policy, make_env, seconds, seed, str(path), backend))
-        child.start()
-        child.join()
-        if child.exitcode == 0 and path.exists():
-            return True
-    print(f"policy.gif not written: no offscreen OpenGL backend worked (tried MUJOCO_GL={', '.join(GL_BACKENDS)}). "
-          "Install EGL (libegl1) or OSMesa (libosmesa6), or set MUJOCO_GL; training results are unaffected.")  # fmt: skip
-    return False
-
-
-def _render_gif(policy: nn.Module, make_env: Any, seconds: float, seed: int, path: str, backend: str) -> None:
-    os.environ["MUJOCO_GL"] = backend
-    try:
-        import imageio.v2 as imageio
-
-        env = make_env(render_mode="rgb_array", width=320, height=240)
-        obs, _ = env.reset(seed=seed)
-        sim, every = env.unwrapped, frame_every(env.unwrapped.dt)
-        env.render()  # builds the viewer: its free camera keeps the task's distance and elevation
-        camera, frames = sim.mujoco_renderer.viewer.cam, []
-        for t in range(round(seconds / sim.dt)):
-            if t % every == 0:
-                camera.lookat[:2] = sim.data.subtree_com[1, :2]  # follow the torso (body 1) along the ground
-                frames.append(env.render())
-            with torch.no_grad():
-                action = policy(torch.as_tensor(obs, dtype=torch.float32)).numpy()
-            obs, _, terminated, truncated, _ = env.step(action)
-            if terminated or truncated:
-                break
-        imageio.mimsave(path, frames, duration=round(1000 * every * sim.dt), loop=0)
-    except Exception as err:  # a missing or broken GL library: report it, the caller tries the next backend
-        print(f"rendering with MUJOCO_GL={backend} failed: {type(err).__name__}: {err}".splitlines()[0])
-        os._exit(1)
-    os._exit(0)
-
-
 def main(args: Args) -> None:
     env_id = args.env_id if "-v" in args.env_id else f"{args.env_id}-v5"
-    preset = PRESETS.get(env_id.split("-v")[0], Preset())
-    hp = dataclasses.replace(preset, **{f.name: getattr(args, f.name) for f in dataclasses.fields(Preset)
-                                        if getattr(args, f.name, None) is not None})  # fmt: skip
-    hp = dataclasses.replace(
-        hp, elite_k=min(hp.elite_k, hp.population_size // 2)
-    )  # a smaller --population-size
+    hp = preset_for(env_id, **{f.name: getattr(args, f.name, None) for f in dataclasses.fields(Preset)})
     # Without either limit the preset's wall budget applies; a step budget alone runs until it is spent.
     time_budget = args.time_budget or (None if args.total_env_steps else hp.time_budget)
     total_env_steps = args.total_env_steps or math.inf
@@ -225,8 +133,8 @@ def main(args: Args) -> None:
     probe = make_env()
     obs_dim, act_dim = probe.observation_space.shape[0], probe.action_space.shape[0]
     policy = make_policy(obs_dim, act_dim, hp.hidden)
-    rollout = PopulationRollout(make_env, policy, hp.population_size, seed=args.seed, reward_shift=hp.alive_bonus, normalize=hp.normalize,
-                                obs_clip=args.obs_clip, num_workers=args.num_workers)  # fmt: skip
+    rollout = PopulationRollout(make_env, policy, hp.population_size, seed=args.seed, reward_shift=hp.alive_bonus,
+                                normalize=hp.normalize, obs_clip=args.obs_clip, num_workers=args.num_workers)  # fmt: skip
     trainer = EGGROLLTrainer(policy.parameters(), model=policy, fitness_fn=rollout.fitness,
                              population_size=hp.population_size, learning_rate=hp.lr, sigma=hp.sigma, rank=hp.rank,
                              elite_k=hp.elite_k, seed=args.seed, optimizer=hp.optimizer,
@@ -279,7 +187,8 @@ def main(args: Args) -> None:
     kind = f"MLP({hp.hidden})" if hp.hidden else "linear"
     plot_curve(rows, f"{env_id}: EGGROLL, {kind} policy, N={hp.population_size} (seed {args.seed})", out)
     summary = dict(
-        env_id=env_id, seed=args.seed, **dataclasses.asdict(hp), generations=trainer.generation, env_steps=env_steps, train_time_s=round(train_time, 1), steps_per_s=round(env_steps / train_time),
+        env_id=env_id, seed=args.seed, **dataclasses.asdict(hp), generations=trainer.generation, env_steps=env_steps,
+        train_time_s=round(train_time, 1), steps_per_s=round(env_steps / train_time),
         bare_steps_per_s_start=round(bare_start), bare_steps_per_s_end=round(bare_end),
         throughput_ratio=round(env_steps / train_time / bare, 3), eval_return_last=rows[-1]["eval_return"],
         final_eval_mean=round(float(final.mean()), 2), final_eval_std=round(float(final.std()), 2),
@@ -287,8 +196,14 @@ def main(args: Args) -> None:
         args=dataclasses.asdict(args),
     )  # fmt: skip
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    if args.gif and save_gif(deployed, make_env, args.gif_seconds, args.seed, out / "policy.gif"):
-        print(f"wrote {out / 'policy.gif'}")
+    if args.gif:  # rendered offscreen in child processes, one per GL backend tried
+        try:
+            save_gif(deployed, make_env, out / "policy.gif", seconds=args.gif_seconds, seed=args.seed,
+                     backends=GL_BACKENDS)  # fmt: skip
+            print(f"wrote {out / 'policy.gif'}")
+        except RuntimeError as err:
+            print(f"policy.gif not written: {err}. Install EGL (libegl1) or OSMesa (libosmesa6), or set MUJOCO_GL; "
+                  "training results are unaffected.")  # fmt: skip
     print(f"{trainer.generation} generations, {env_steps:,} env steps in {train_time:.0f} s: {summary['steps_per_s']:,} steps/s "
           f"= {summary['throughput_ratio']:.2f}x bare single-env stepping ({bare_start:,.0f} / {bare_end:,.0f} steps/s at start / end)\n"
           f"eval_return (θ, last generation) {rows[-1]['eval_return']:.1f}; saved policy over {len(final)} episodes "
