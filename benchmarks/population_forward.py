@@ -1,12 +1,12 @@
 """Batched population evaluation: forward, whole generation, rank and memory, vs eggroll-trainer 0.1.0.
 
-The figures of issue 3, one input row per member, MLPs 64-256-256-8 at N=1024 and 64-1024-1024-8 at N=256
+The figures of issues 3 and 13, one input row per member, MLPs 64-256-256-8 at N=1024 and 64-1024-1024-8 at N=256
 (tanh between layers), ``EGGROLLTrainer`` with antithetic pairs and plain SGD:
 
 * (a) the population forward (population mode) vs plain inference of the same N rows through the
-  unperturbed model — ratio plain/population, goals ≥ 0.5 (width 256) and ≥ 0.9 (width 1024);
+  unperturbed model — ratio plain/population, goals ≥ 0.8 (width 256) and ≥ 0.9 (width 1024);
 * (b) a whole generation (``trainer.step()``: noise, forward, shaping, update) vs plain inference —
-  goals ≤ 5× (width 256) and ≤ 2.5× (width 1024);
+  goals ≤ 3× (width 256) and ≤ 2.2× (width 1024) (issue 13; issue 3 asked ≥ 0.5 / ≤ 5× and ≤ 2.5×);
 * (c) generation time vs eggroll-trainer 0.1.0, installed at run time into a throwaway directory and
   imported under another name (never vendored) — goal ≥ 50× faster;
 * (d) the same for rank 1, 4, 16 and for the sequential path (``batched=False``);
@@ -35,7 +35,6 @@ import csv
 import importlib
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -49,6 +48,7 @@ from pathlib import Path
 from types import ModuleType
 
 import torch
+from common import machine, median_ratio
 from torch import nn
 
 import eggroll_trainer
@@ -68,9 +68,9 @@ class Workload:
     generation_goal: float  # generation / plain, at most
 
 
-WORKLOADS = (
-    Workload("64-256-256-8", (64, 256, 256, 8), 1024, forward_goal=0.5, generation_goal=5.0),
-    Workload("64-1024-1024-8", (64, 1024, 1024, 8), 256, forward_goal=0.9, generation_goal=2.5),
+WORKLOADS = (  # the goals of issue 13 (issue 3's were ≥ 0.5 / ≤ 5× and ≥ 0.9 / ≤ 2.5×)
+    Workload("64-256-256-8", (64, 256, 256, 8), 1024, forward_goal=0.8, generation_goal=3.0),
+    Workload("64-1024-1024-8", (64, 1024, 1024, 8), 256, forward_goal=0.9, generation_goal=2.2),
 )
 OLD_SPEEDUP_GOAL = 50.0
 
@@ -183,10 +183,6 @@ def round_robin(cases: list[Case], reps: int, plain_calls: int = 5) -> None:
                 for _ in range(calls):
                     fn()
                 out.append((time.perf_counter() - t0) / calls)
-
-
-def median_ratio(num: list[float], den: list[float]) -> float:
-    return statistics.median(a / b for a, b in zip(num, den))
 
 
 def plain_inference(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
@@ -439,22 +435,6 @@ def format_row(r: Row) -> str:
     )
 
 
-def machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        model = next(
-            line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")
-        )
-    except (OSError, StopIteration):
-        pass
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return (
-        f"{model}, {os.cpu_count()} logical CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-        f"Python {platform.python_version()}, eggroll-trainer {eggroll_trainer.__version__}; load average at start {load}"
-    )
-
-
 def write_results(args: Args, rows: list[Row], memory: list[dict], header: str, elapsed: float) -> Path:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     stem = "population_forward" + ("_quick" if args.quick else "")
@@ -486,9 +466,10 @@ def write_results(args: Args, rows: list[Row], memory: list[dict], header: str, 
         "One input row per member; ratios are medians of per-repetition ratios (plain inference timed in the "
         "same repetition). *forward*: one population-mode forward, repeated as plain inference is (the "
         "per-call cost); *in step*: the generation's own forward, which also builds the layers' noise views "
-        "and starts with caches cooled by the previous update (its time is part of *generation*). Goals (issue 3): plain/forward ≥ 0.5 (width 256) and ≥ 0.9 (width 1024); generation "
-        f"≤ 5× (width 256) and ≤ 2.5× (width 1024) plain inference; ≥ {OLD_SPEEDUP_GOAL:.0f}× faster than 0.1.0 "
-        "per generation.",
+        "and starts with caches cooled by the previous update (its time is part of *generation*). Goals "
+        "(issue 13): plain/forward ≥ 0.8 (width 256) and ≥ 0.9 (width 1024); generation ≤ 3× (width 256) and "
+        f"≤ 2.2× (width 1024) plain inference; (issue 3) ≥ {OLD_SPEEDUP_GOAL:.0f}× faster than 0.1.0 per "
+        "generation.",
         "",
         "| model | N | path | r | plain (ms) | forward (ms) | plain / forward | plain / forward in step "
         "| generation (ms) | generation / plain | 0.1.0 generation (ms) | 0.1.0 / plain | ours vs 0.1.0 |",

@@ -219,13 +219,11 @@ class ESTrainer(ESOptimizer):
         if closure is not None:
             closure = torch.enable_grad()(closure)
         if self._uses_flat_hooks():
-            scores, finite, best, ascents = flat_generation(
-                self, scorer(self.model, self.fitness_fn, closure)
-            )
+            scores, finite, best, grads = flat_generation(self, scorer(self.model, self.fitness_fn, closure))
         else:
-            scores, finite, best, ascents = keyed_generation(self, closure)
+            scores, finite, best, grads = keyed_generation(self, closure)
         with defer_keyboard_interrupt():  # parameters, moments, best member, counters: all or nothing
-            step_rules(self._rules, self._all_params(), ascents)
+            step_rules(self._rules, self._all_params(), grads)
             if best is not None:
                 self.best_fitness, self._best_params = best
             return self._record(scores[finite], closure is not None)

@@ -31,6 +31,9 @@ def pair_weights(shaped: Tensor, antithetic: bool) -> Tensor:
     r"""$w_k = \sum_{i:\,k(i)=k} s_i \tilde f_i$: ``(N,)`` shaped fitnesses to ``(P,)`` float64 pair weights
     (P = ⌈N/2⌉ with antithetic pairs, N without)."""
     n = shaped.numel()
+    if antithetic and n % 2 == 0:  # w_k = f̃_2k − f̃_2k+1: one op, no index tensors
+        pairs_view = shaped.double().view(n // 2, 2)
+        return pairs_view[:, 0] - pairs_view[:, 1]
     pairs, signs = member_pairs(0, n, antithetic, torch.device("cpu"))
     weights = torch.zeros(num_pairs(n, antithetic), dtype=torch.float64)
     weights.index_add_(0, pairs, signs.double() * shaped)
@@ -44,8 +47,14 @@ def estimate(
     weights: Tensor,
     population_size: int,
     chunk_size: int | None = None,
+    *,
+    descent: bool = False,
 ) -> list[Tensor | None]:
-    r"""$\hat g_j = \sum_k w_k E_{j,k} / (N \sigma_j)$ for every parameter with noise (``None`` for the others).
+    r"""$\hat g_j = \sum_k w_k E_{j,k} / (N \sigma_j)$ for every parameter with noise (``None`` for the others);
+    with ``descent=True`` $-\hat g_j$, the gradient a ``torch.optim`` rule minimises along.
+
+    The factor $\pm 1/(N\sigma_j)$ rides on the $P$ weights, so each $m\times n$ estimate is written once by
+    its GEMM and never passed over again to scale or negate it.
 
     Args:
         params: the trained parameters (for the device and dtype of each estimate).
@@ -55,6 +64,7 @@ def estimate(
         population_size: N.
         chunk_size: the trainer's members per population-mode call, if any; it also bounds the pairs per
             chunk of the weighted sum (memory), never the result.
+        descent: return $-\hat g_j$ instead of $\hat g_j$.
 
     Returns:
         One tensor shaped like each parameter (freshly allocated: the caller may overwrite it), or ``None``.
@@ -67,9 +77,41 @@ def estimate(
         chunk = max(1, UPDATE_CHUNK_VALUES // noise.spec.length)
         if chunk_size:
             chunk = min(chunk, max(1, math.ceil(chunk_size / 2)))
-        w = weights.to(device=p.device, dtype=p.dtype)
-        ascents.append(noise.weighted_sum(w, chunk).div_(population_size * sigma))
+        scale = (-1.0 if descent else 1.0) / (population_size * sigma)
+        w = (weights * scale).to(device=p.device, dtype=p.dtype)  # (P,): float64 until the cast
+        ascents.append(noise.weighted_sum(w, chunk))
     return ascents
+
+
+def unproven(
+    grads: list[Tensor | None],
+    noises: list[ParamNoise | None],
+    sigmas: list[float],
+    weights: Tensor,
+    population_size: int,
+) -> list[Tensor]:
+    r"""The estimates whose finiteness the weights do not already prove (``None`` entries dropped).
+
+    Every term, product and partial sum of $\sum_k w_k E_{j,k} / (N\sigma_j)$ is at most
+    $B_j = \sum_k |w_k| \max|E_j| / (N\sigma_j)$ in magnitude (up to the sum's rounding, a factor
+    $(1+u)^{Pr}$). With finite weights and $B_j$ below the dtype's largest value, nothing can overflow and
+    nothing is NaN, so $\hat g_j$ is finite without a pass over its $m\times n$ values; the others (an
+    unknown table bound, huge raw fitnesses, half precision) are left to
+    [`check_finite`][eggroll_trainer.estimate.check_finite]."""
+    total = float(weights.abs().sum())  # inf or nan when some weight is: nothing is proven then
+    left = []
+    for g, noise, sigma in zip(grads, noises, sigmas):
+        if g is None:
+            continue
+        bound = noise.entry_bound if noise is not None else None
+        if bound is None or not math.isfinite(total) or not g.dtype.is_floating_point:
+            left.append(g)
+            continue
+        info = torch.finfo(g.dtype)
+        terms = weights.numel() * (noise.spec.rank or 1) + 3
+        if not total * bound / (population_size * sigma) < info.max / math.exp(terms * info.eps):
+            left.append(g)
+    return left
 
 
 def check_finite(grads: list[Tensor | None], generation: int) -> None:

@@ -78,9 +78,9 @@ def flat_generation(
     finite before it is returned.
 
     Returns:
-        ``(scores, finite, best, ascents)``: the ``(N,)`` float64 scores and their finite mask;
+        ``(scores, finite, best, grads)``: the ``(N,)`` float64 scores and their finite mask;
         ``(fitness, values)`` of the best member if it beats ``trainer.best_fitness``, else ``None``; per
-        parameter its ascent ĝ (a fresh tensor) or ``None`` when frozen.
+        parameter −ĝ (a fresh tensor: the ascent direction negated) or ``None`` when frozen.
     """
     params = trainer._all_params()
     n = trainer.population_size
@@ -111,8 +111,8 @@ def flat_generation(
         best = float(scores[member]), [t.view_as(p).clone() for t, p in zip(values, params)]
     update = trainer.compute_update(perturbations, clean.to(device=theta.device, dtype=torch.float32))
     check_finite([update], trainer.generation)
-    ascents: list[Tensor | None] = [
-        None if f else u.view_as(p).to(p.dtype, copy=True)
+    grads: list[Tensor | None] = [  # −ĝ: what the torch.optim rule minimises along
+        None if f else u.view_as(p).to(p.dtype, copy=True).neg_()
         for u, p, f in zip(split(update, params), params, frozen)
     ]
-    return scores, finite, best, ascents
+    return scores, finite, best, grads

@@ -4,7 +4,8 @@ r"""One generation of keyed-noise ES, up to (not including) the update.
 2. the scores $f_i$ of all $N$ members, each rank scoring its shard (``evaluation``, ``distributed``);
 3. the best member, rebuilt from $\theta$ before it moves (``best``);
 4. the shaped fitnesses $\tilde f = \mathrm{shape}(f)$ (``shaping``), the pair weights and
-   $\hat g_j = \sum_k w_k E_{j,k} / (N\sigma_j)$ of every parameter, checked finite (``estimate``).
+   $\hat g_j = \sum_k w_k E_{j,k} / (N\sigma_j)$ of every parameter — handed on as $-\hat g_j$, the gradient
+   a ``torch.optim`` rule minimises along — checked finite (``estimate``).
 
 Nothing is written to the trainer or its parameters: [`ESTrainer.step`][eggroll_trainer.ESTrainer.step] then
 applies the result all at once.
@@ -19,7 +20,7 @@ from torch import Tensor
 
 from . import distributed
 from .best import best_member, rebuild_member
-from .estimate import check_finite, estimate, pair_weights
+from .estimate import check_finite, estimate, pair_weights, unproven
 from .evaluation import check_scores, evaluate_batched, evaluate_sequential, scorer
 from .noise import ParamNoise
 from .population import Perturbed
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     from .base import ESTrainer
 
 #: What a generation hands to the update: the ``(N,)`` scores and their finite mask, the new best member's
-#: ``(fitness, values)`` (or ``None``), and ĝ per parameter (``None``: not updated).
+#: ``(fitness, values)`` (or ``None``), and −ĝ per parameter (``None``: not updated).
 Generation = tuple[Tensor, Tensor, "tuple[float, list[Tensor]] | None", "list[Tensor | None]"]
 
 
@@ -45,9 +46,10 @@ def keyed_generation(trainer: ESTrainer, closure: Callable[[], Any] | None) -> G
         best = float(scores[member]), rebuild_member(params, noises, sigmas, member, trainer.antithetic)
     shaped = shape_fitness(scores, trainer._shaping, trainer.group_size, trainer.elite_k)
     weights = pair_weights(shaped, trainer.antithetic)  # (P,)
-    ascents = estimate(params, noises, sigmas, weights, trainer.population_size, trainer.chunk_size)
-    check_finite(ascents, trainer.generation)
-    return scores, finite, best, ascents
+    n = trainer.population_size
+    grads = estimate(params, noises, sigmas, weights, n, trainer.chunk_size, descent=True)  # −ĝ
+    check_finite(unproven(grads, noises, sigmas, weights, n), trainer.generation)
+    return scores, finite, best, grads
 
 
 def evaluate_population(

@@ -62,6 +62,12 @@ def noise_table(seed: int, size: int, device: torch.device, dtype: torch.dtype) 
     return values.to(device=device, dtype=dtype)
 
 
+@functools.lru_cache(maxsize=4)
+def table_absmax(seed: int, size: int, device: torch.device, dtype: torch.dtype) -> float:
+    """max |value| of ``noise_table(seed, size, device, dtype)`` (about 5.5 for 2^25 values), computed once."""
+    return float(noise_table(seed, size, device, dtype).abs().max())
+
+
 def default_table_size(slice_lengths: list[int], num_pairs: int) -> int:
     """A power of two holding 4× the largest per-parameter population span (so windows of one
     generation never overlap), clamped to [2^20, 2^25] values and never below 2× one slice."""
@@ -113,12 +119,12 @@ class NoiseSpec:
     def low_rank(self) -> bool:
         return self.rank is not None
 
-    @property
+    @functools.cached_property
     def matrix_shape(self) -> tuple[int, int]:
         """(m, n): the matrix a low-rank perturbation lives in (``shape[0] × prod(shape[1:])``)."""
         return int(self.shape[0]), math.prod(self.shape[1:])
 
-    @property
+    @functools.cached_property
     def length(self) -> int:
         """Table values one member's noise occupies: (m + n)·r for low rank, numel for full rank."""
         if self.rank is not None:
@@ -130,9 +136,13 @@ class NoiseSpec:
 class ParamNoise:
     """The noise of one parameter tensor in one noise epoch, for all pairs, as views of the table."""
 
-    def __init__(self, table: Tensor, spec: NoiseSpec, key: int, pairs: int) -> None:
+    def __init__(
+        self, table: Tensor, spec: NoiseSpec, key: int, pairs: int, absmax: float | None = None
+    ) -> None:
         self.table = table
         self.spec = spec
+        self.absmax = absmax  # max |table value| if known (``table_absmax``): bounds every entry of E
+        self._factor_views: dict[tuple[int, int], tuple[Tensor, Tensor]] = {}
         size = table.numel()
         length = spec.length
         # A parameter's windows span at most half the table, so its start (hashed over the other half or
@@ -152,12 +162,20 @@ class ParamNoise:
             )
         self.base = key % (size - span + 1)
 
+    @property
+    def entry_bound(self) -> float | None:
+        """A bound on |entry| of every E_k: M for full rank, √r·M² for (1/√r) Σ_c a_c b_cᵀ (M = ``absmax``)."""
+        if self.absmax is None:
+            return None
+        m = max(self.absmax, 1.0)
+        return math.sqrt(self.spec.rank) * m * m if self.spec.low_rank else m
+
     def _window(self, first: int, count: int, offset: int, shape: tuple[int, ...]) -> Tensor:
+        """(count, *shape): pair k's values row-major at ``base + k·stride + offset``."""
         strides = [self.stride]
-        acc = 1
-        for dim in reversed(shape):
-            strides.insert(1, acc)
-            acc *= dim
+        for dim in range(1, len(shape)):
+            strides.append(math.prod(shape[dim:]))
+        strides.append(1)
         return self.table.as_strided((count, *shape), strides, self.base + first * self.stride + offset)
 
     def factors(self, first: int = 0, count: int = 1) -> tuple[Tensor, Tensor]:
@@ -168,10 +186,16 @@ class ParamNoise:
 
     def factors_t(self, first: int = 0, count: int = 1) -> tuple[Tensor, Tensor]:
         """The transposed factors as stored: Aᵀ (count, r, m), Bᵀ (count, r, n) — views."""
-        m, n = self.spec.matrix_shape
-        r = self.spec.rank
-        assert r is not None
-        return self._window(first, count, 0, (r, m)), self._window(first, count, m * r, (r, n))
+        key = (first, count)
+        if key not in self._factor_views:  # the forward and the update ask for the same windows
+            m, n = self.spec.matrix_shape
+            r = self.spec.rank
+            assert r is not None
+            self._factor_views[key] = (
+                self._window(first, count, 0, (r, m)),
+                self._window(first, count, m * r, (r, n)),
+            )
+        return self._factor_views[key]
 
     def masked_a_t(self, a_t: Tensor) -> Tensor:
         """Aᵀ (…, r, m) with the columns of ``zero_rows`` zeroed (a copy), or ``a_t`` itself if none."""
@@ -221,6 +245,8 @@ class ParamNoise:
         strided matrices of the table (row stride = window stride): only the weighted one is copied,
         so the extra memory is O(P·min(m, n)) for any rank (and r = 1 copies nothing more either way)."""
         total = weights.numel()
+        if self.spec.low_rank and self.spec.rank > 1:
+            weights = weights / math.sqrt(self.spec.rank)  # E_k = A_k B_kᵀ/√r: on the P weights, not on m×n
         out = None
         for first in range(0, total, chunk):
             count = min(chunk, total - first)
@@ -229,7 +255,7 @@ class ParamNoise:
                 m, n = self.spec.matrix_shape
                 r = self.spec.rank
                 a_t, b_t = self.factors_t(first, count)  # (c, r, m), (c, r, n)
-                if count * r * (m + n) <= _STACKED_UPDATE_VALUES:
+                if r > 1 and count * r * (m + n) <= _STACKED_UPDATE_VALUES:
                     a_t, b_t = a_t.reshape(-1, 1, m), b_t.reshape(-1, 1, n)  # (c·r, 1, ·): a copy for r > 1
                     w = w.repeat_interleave(r)
                 w = w.view(-1, 1)
@@ -244,8 +270,6 @@ class ParamNoise:
                 part = torch.tensordot(w, self.full(first, count), dims=1)  # (*shape)
                 out = part if out is None else out.add_(part)
         assert out is not None
-        if self.spec.low_rank and self.spec.rank > 1:
-            out.div_(math.sqrt(self.spec.rank))
         if self.spec.zero_rows:
             out[list(self.spec.zero_rows)] = 0
         return out.view(self.spec.shape)

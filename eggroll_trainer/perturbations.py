@@ -16,7 +16,7 @@ import dataclasses
 
 from torch import Tensor, nn
 
-from .noise import NoiseSpec, ParamNoise, default_table_size, hash_key, noise_table
+from .noise import NoiseSpec, ParamNoise, default_table_size, hash_key, noise_table, table_absmax
 
 
 def with_padding_rows(spec: NoiseSpec | None, param: Tensor, model: nn.Module) -> NoiseSpec | None:
@@ -65,5 +65,6 @@ def generation_noise(
             noises.append(None)
             continue
         table = noise_table(seed, table_size, p.device, p.dtype)
-        noises.append(ParamNoise(table, spec, hash_key(seed, index, epoch), pairs))
+        absmax = table_absmax(seed, table_size, p.device, p.dtype)
+        noises.append(ParamNoise(table, spec, hash_key(seed, index, epoch), pairs, absmax))
     return noises

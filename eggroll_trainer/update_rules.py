@@ -135,18 +135,18 @@ def build_rules(param_groups: list[dict[str, Any]], state: Any) -> list[torch.op
 
 
 def step_rules(
-    rules: Sequence[torch.optim.Optimizer], params: list[Tensor], ascents: list[Tensor | None]
+    rules: Sequence[torch.optim.Optimizer], params: list[Tensor], grads: list[Tensor | None]
 ) -> None:
     """Move every parameter by its rule given ``.grad = −ĝ``; then put each ``.grad`` back as it was.
 
-    ``ascents[i]`` is ĝ of ``params[i]`` (negated in place: the caller hands over the tensor), or ``None`` for
-    a parameter without an estimate (frozen): its ``.grad`` is ``None`` during the step, so no rule moves
-    it (``torch.optim`` skips parameters without a gradient, weight decay included).
+    ``grads[i]`` is −ĝ of ``params[i]`` (the caller hands over the tensor), or ``None`` for a parameter
+    without an estimate (frozen): its ``.grad`` is ``None`` during the step, so no rule moves it
+    (``torch.optim`` skips parameters without a gradient, weight decay included).
     """
     saved = [p.grad for p in params]
     try:
-        for p, ascent in zip(params, ascents):
-            p.grad = None if ascent is None else ascent.neg_()
+        for p, grad in zip(params, grads):
+            p.grad = grad
         for rule in rules:
             rule.step()
     finally:

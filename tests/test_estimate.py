@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from eggroll_trainer.estimate import all_finite, check_finite, estimate, pair_weights
+from eggroll_trainer.estimate import all_finite, check_finite, estimate, pair_weights, unproven
 from eggroll_trainer.noise import NoiseSpec, ParamNoise
 
 
@@ -64,3 +64,34 @@ def test_check_finite_is_all_or_nothing():
         with pytest.raises(RuntimeError, match="generation 7: the ES estimate is not finite"):
             check_finite([torch.ones(3), torch.tensor([0.0, bad])], generation=7)
     assert all_finite(torch.zeros(0)) and not all_finite(torch.tensor([1.0, math.nan]))
+
+
+def test_finite_weights_prove_a_finite_estimate_and_huge_or_nan_ones_do_not():
+    table = torch.randn(1 << 12, generator=torch.Generator().manual_seed(0))
+    absmax = float(table.abs().max())
+    spec = NoiseSpec(torch.Size((5, 3)), rank=2)
+    known = ParamNoise(table, spec, key=1, pairs=4, absmax=absmax)
+    unknown = ParamNoise(table, spec, key=1, pairs=4)  # no table bound: never proven
+    assert known.entry_bound == pytest.approx(math.sqrt(2) * absmax**2)
+    dense = known.dense(torch.arange(4), torch.ones(4))
+    assert float(dense.abs().max()) <= known.entry_bound  # the bound holds for every E_k
+
+    def left(weights):
+        grads = estimate([torch.zeros(5, 3)] * 2, [known, unknown], [0.1, 0.1], weights, 8)
+        return [any(g is x for x in unproven(grads, [known, unknown], [0.1, 0.1], weights, 8)) for g in grads]
+
+    assert left(torch.ones(4, dtype=torch.float64)) == [False, True]
+    assert left(torch.full((4,), 1e38, dtype=torch.float64)) == [True, True]  # the bound passes float32's max
+    assert left(torch.tensor([1.0, math.nan, 0.0, 0.0], dtype=torch.float64)) == [True, True]
+
+
+def test_descent_is_the_negated_ascent():
+    table = torch.randn(1 << 12, generator=torch.Generator().manual_seed(0))
+    noise = ParamNoise(table, NoiseSpec(torch.Size((4, 6)), rank=3), key=7, pairs=5)
+    weights = torch.randn(5, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    (ascent,) = estimate([torch.zeros(4, 6)], [noise], [0.05], weights, 10)
+    (descent,) = estimate([torch.zeros(4, 6)], [noise], [0.05], weights, 10, descent=True)
+    assert torch.equal(descent, -ascent)
+    # and both equal Σ_k w_k E_k / (N σ) computed from the dense noise
+    dense = noise.dense(torch.arange(5), torch.ones(5))
+    assert torch.allclose(ascent, torch.einsum("k,kij->ij", weights.float(), dense) / (10 * 0.05), atol=1e-5)

@@ -51,14 +51,14 @@ def test_flat_generation_writes_nothing_and_step_applies_it():
     trainer = Halved(model.parameters(), model, fitness, population_size=6, seed=1)
     theta = trainer.current_params
     with torch.no_grad():  # as in step()
-        scores, finite, best, ascents = flat_generation(trainer, lambda: fitness(model))
+        scores, finite, best, grads = flat_generation(trainer, lambda: fitness(model))
     assert torch.equal(trainer.current_params, theta) and trainer.best_fitness is None
     assert scores.shape == (6,) and bool(finite.all())
     assert best is not None and best[0] == float(scores.max())
-    assert [a.shape for a in ascents] == [p.shape for p in model.parameters()]
+    assert [g.shape for g in grads] == [p.shape for p in model.parameters()]  # −ĝ, as torch.optim reads .grad
     trainer.step()  # the same generation through step(): θ moves by lr · ĝ (plain SGD)
     moved = trainer.current_params - theta
-    assert torch.allclose(moved, 0.01 * torch.cat([a.flatten() for a in ascents]), atol=1e-7)
+    assert torch.allclose(moved, -0.01 * torch.cat([g.flatten() for g in grads]), atol=1e-7)
     assert trainer.best_fitness == best[0]
 
 

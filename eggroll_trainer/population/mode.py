@@ -119,14 +119,15 @@ class population_mode(TorchFunctionMode):
         self.perturbed = perturbed
         self.info = PopulationInfo(size=count, start=start, total=total)
         self.batch_dim = batch_dim
-        names = {id(p): name for name, p in model.named_parameters(remove_duplicate=False)}
+        named = list(model.named_parameters(remove_duplicate=False))
+        names = {id(p): name for name, p in named}
         missing = [pid for pid in perturbed if pid not in names]
         if missing:
             raise ValueError(
                 f"batched evaluation: {len(missing)} trained parameter(s) are not parameters of `model`"
             )
         self.names = names
-        self.params = {id(p): p for p in model.parameters()}
+        self.params = {id(p): p for _, p in named}
         self.buffers = {id(b) for b in model.buffers()}
         device = next(iter(perturbed.values())).noise.table.device if perturbed else torch.device("cpu")
         self.slice = MemberSlice(start, count, antithetic, device)

@@ -92,16 +92,24 @@ def product(
         for t in range(s):
             xs = x4[:, t] if plan.signs is None else x4[:, t] * plan.signs.to(x.dtype).view(-1, 1, 1)
             y4[:, t].baddbmm_(xs, plan.eps_t, alpha=-plan.alpha if t else plan.alpha)
-    if plan.beta is not None and not fused:  # y_i += σ_b s_i β_k
-        y4[:, 0].add_(plan.beta, alpha=plan.sigma_b)
+    if plan.beta is not None and not fused:  # y_i += σ_b s_i β_k, both mirrors in one pass
         if s == 2:
-            y4[:, 1].sub_(plan.beta, alpha=plan.sigma_b)
+            y4.addcmul_(_mirror_signs(plan, y), plan.beta.view(g, 1, 1, out), value=plan.sigma_b)
+        else:
+            y4[:, 0].add_(plan.beta, alpha=plan.sigma_b)
     return y
 
 
 #: Rows per member from which the bias noise is fused into the low-rank product (measured on 2 cores:
 #: 1.7× faster at 32 rows of width 1000, 2.7× slower at 1 row of width 256).
 _FUSE_BIAS_ROWS = 8
+
+
+def _mirror_signs(plan: ProductNoise, like: Tensor) -> Tensor:
+    """(1, 2, 1, 1): +1 for the first mirror of every pair, −1 for the second (made once per plan)."""
+    if plan.mirror_signs is None:
+        plan.mirror_signs = torch.tensor([1.0, -1.0], dtype=like.dtype, device=like.device).view(1, 2, 1, 1)
+    return plan.mirror_signs
 
 
 def _stacked(plan: ProductNoise, sign: float) -> Tensor:
