@@ -267,8 +267,8 @@ class ParamNoise:
                         b = b * w
                     out = torch.mm(a.T, b) if out is None else out.addmm_(a.T, b)
             else:
-                part = torch.tensordot(w, self.full(first, count), dims=1)  # (*shape)
-                out = part if out is None else out.add_(part)
+                eps = self.full(first, count).reshape(count, -1)  # (c, numel): a view of the table
+                out = torch.mv(eps.t(), w) if out is None else out.addmv_(eps.t(), w)
         assert out is not None
         if self.spec.zero_rows:
             out[list(self.spec.zero_rows)] = 0

@@ -82,7 +82,6 @@ class ProductNoise:
     alpha: float = 0.0  # σ/√r (low rank) or σ (full rank)
     beta: Tensor | None = None  # (G, 1, out): bias noise (sign folded in when S = 1)
     sigma_b: float = 0.0
-    mirror_signs: Tensor | None = None  # (1, 2, 1, 1) [+1, −1], made by the first product that needs it
 
 
 def product_noise(mode: population_mode, weight: Tensor, bias: Tensor | None, right: bool) -> ProductNoise:

@@ -14,6 +14,7 @@ forward consumes P in a product, member i's extra term is rank-r work:
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -37,27 +38,30 @@ def product(
     mode: population_mode, x: Tensor, weight: Tensor, bias: Tensor | None, right: bool, what: str
 ) -> Tensor:
     """``F.linear(x, W, b)`` (or ``x W + b``) for every member: the shared base product once, plus each
-    member's rank-r term added in place. Nothing of size K·m·n is formed."""
+    member's rank-r term (for member-major rows, written first and the GEMM accumulated into it). Nothing
+    of size K·m·n is formed."""
     k = mode.info.size
     if x.dim() < 2:
         raise ValueError(
             f"population mode: {what} got a 1-D input of shape {tuple(x.shape)}: it needs a batch"
         )
     per = mode.rows_of(x, what)
+    shared = per is None or x.stride(0) == 0  # one block of rows serves every member: no copy of x
+    plan = product_noise(mode, weight, bias, right)
+    if plan.a_t is not None and not shared:
+        return _noise_then_product(x, weight, bias, plan, right)
 
     def base(inp: Tensor) -> Tensor:
         if right:
             return torch.matmul(inp, weight) if bias is None else torch.matmul(inp, weight).add_(bias)
         return F.linear(inp, weight, bias)
 
-    shared = per is None or x.stride(0) == 0  # one block of rows serves every member: no copy of x
     if shared:
         total = mode.shared_rows() if per is None else x.shape[0]
         y = base(x[:1]).expand(total, *([-1] * (x.dim() - 1))).contiguous()  # (R, ..., out)
     else:
         y = base(x)
         y = y if y.is_contiguous() else y.contiguous()
-    plan = product_noise(mode, weight, bias, right)
     g, s, out = plan.groups, plan.mirrors, y.shape[-1]
     rows = y.numel() // (k * out)  # per member
     y4 = y.view(g, s, rows, out)  # member j·S + t at (j, t)
@@ -77,16 +81,6 @@ def product(
                     y4[:, t].baddbmm_(xb, _stacked(plan, sign))
                 else:
                     _outer_add(y4[:, t], xb, plan.a_t, sign * plan.alpha)
-        else:
-            xb = torch.bmm(x.reshape(g, s * rows, n), plan.b)  # (G, S·rows, r)
-            if fused:
-                xb = torch.cat([xb, xb.new_ones(g, s * rows, 1)], dim=-1)  # (G, S·rows, r + 1)
-            if s == 2:
-                xb[:, rows:].neg_()  # mirror members take -E (and -β)
-            if fused:
-                y4.view(g, s * rows, out).baddbmm_(xb, _stacked(plan, 1.0))
-            else:
-                _outer_add(y4.view(g, s * rows, out), xb, plan.a_t, plan.alpha)
     elif plan.eps_t is not None:
         x4 = x[:1].reshape(1, 1, -1, n).expand(g, s, rows, n) if shared else x.reshape(g, s, rows, n)
         for t in range(s):
@@ -94,10 +88,49 @@ def product(
             y4[:, t].baddbmm_(xs, plan.eps_t, alpha=-plan.alpha if t else plan.alpha)
     if plan.beta is not None and not fused:  # y_i += σ_b s_i β_k, both mirrors in one pass
         if s == 2:
-            y4.addcmul_(_mirror_signs(plan, y), plan.beta.view(g, 1, 1, out), value=plan.sigma_b)
+            y4.addcmul_(_mirror_signs(y), plan.beta.view(g, 1, 1, out), value=plan.sigma_b)
         else:
             y4[:, 0].add_(plan.beta, alpha=plan.sigma_b)
     return y
+
+
+def _noise_then_product(
+    x: Tensor, weight: Tensor, bias: Tensor | None, plan: ProductNoise, right: bool
+) -> Tensor:
+    """Member-major x (K·b rows): each member's own terms are written first,
+
+        out_i = b + σ s_i (x_i B) Aᵀ/√r + σ_b s_i β,
+
+    and the shared product is then accumulated into them by the GEMM itself (``addmm_``, β = 1). The
+    output is written by one op and updated by one GEMM — where ``F.linear`` followed by in-place noise
+    terms would copy b into it, run the GEMM, then pass over it twice more."""
+    g, s = plan.groups, plan.mirrors
+    n, m = x.shape[-1], plan.a_t.shape[-1]
+    flat = x.reshape(-1, n)  # (R, n)
+    rows = flat.shape[0] // (g * s)  # per member
+    xb = torch.bmm(flat.reshape(g, s * rows, n), plan.b).mul_(plan.alpha)  # (G, S·rows, r): σ (x_i B)/√r
+    if s == 2:
+        xb[:, rows:].neg_()  # mirror members take −E
+    if plan.beta is not None and rows >= _FUSE_BIAS_ROWS:  # [x B | s] @ [α Aᵀ ; σ_b β]: one batched product
+        signs = xb.new_full((g, s * rows, 1), plan.sigma_b)
+        if s == 2:
+            signs[:, rows:] = -plan.sigma_b
+        left, right_factor = torch.cat([xb, signs], dim=-1), torch.cat([plan.a_t, plan.beta], dim=1)
+        out = torch.bmm(left, right_factor) if bias is None else torch.baddbmm(bias, left, right_factor)
+    else:
+        if xb.shape[-1] == 1:  # rank 1: an outer product (CPU runs it faster than a batch of rank-1 GEMMs)
+            out = torch.mul(xb, plan.a_t) if bias is None else torch.addcmul(bias, xb, plan.a_t)
+        else:
+            out = torch.bmm(xb, plan.a_t) if bias is None else torch.baddbmm(bias, xb, plan.a_t)
+        if plan.beta is not None and s == 2:  # y_i += σ_b s_i β_k, both mirrors in one pass
+            out.view(g, 2, rows, m).addcmul_(
+                _mirror_signs(out), plan.beta.view(g, 1, 1, m), value=plan.sigma_b
+            )
+        elif plan.beta is not None:
+            out.add_(plan.beta, alpha=plan.sigma_b)  # (G, 1, out): the sign is folded in
+    y = out.view(-1, m)  # (R, out)
+    y.addmm_(flat, weight if right else weight.t())
+    return y.view(*x.shape[:-1], m)
 
 
 #: Rows per member from which the bias noise is fused into the low-rank product (measured on 2 cores:
@@ -105,11 +138,14 @@ def product(
 _FUSE_BIAS_ROWS = 8
 
 
-def _mirror_signs(plan: ProductNoise, like: Tensor) -> Tensor:
-    """(1, 2, 1, 1): +1 for the first mirror of every pair, −1 for the second (made once per plan)."""
-    if plan.mirror_signs is None:
-        plan.mirror_signs = torch.tensor([1.0, -1.0], dtype=like.dtype, device=like.device).view(1, 2, 1, 1)
-    return plan.mirror_signs
+def _mirror_signs(like: Tensor) -> Tensor:
+    """(1, 2, 1, 1): +1 for the first mirror of every pair, −1 for the second."""
+    return _signs(like.dtype, like.device)
+
+
+@functools.lru_cache(maxsize=8)
+def _signs(dtype: torch.dtype, device: torch.device) -> Tensor:
+    return torch.tensor([1.0, -1.0], dtype=dtype, device=device).view(1, 2, 1, 1)  # never written to
 
 
 def _stacked(plan: ProductNoise, sign: float) -> Tensor:
