@@ -159,7 +159,11 @@ def main() -> None:
         "",
         f"`python benchmarks/mujoco_table.py --envs {' '.join(args.envs)} --seeds {' '.join(map(str, args.seeds))}"
         + (f" --budget-scale {args.budget_scale:g}" if args.budget_scale != 1 else "")
-        + "".join(f" --env-seeds {env}={','.join(map(str, s))}" for env, s in args.env_seeds.items())
+        + (
+            " --env-seeds " + " ".join(f"{env}={','.join(map(str, s))}" for env, s in args.env_seeds.items())
+            if args.env_seeds
+            else ""
+        )  # fmt: skip
         + (
             f" --evotorch-python PATH --evotorch-seeds {' '.join(map(str, args.evotorch_seeds))}"
             if args.evotorch_python
