@@ -38,16 +38,18 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from eggroll_trainer.presets import preset_for
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "mujoco_agent.py"
-# ARS (Mania et al. 2018) thresholds, and the wall budgets of issue 12 on a 2-core machine (seconds).
-GOALS = {
-    "Swimmer-v5": (325, 300),
-    "Hopper-v5": (3120, 600),
-    "HalfCheetah-v5": (3430, 120),
-    "Walker2d-v5": (4390, 900),
-    "Ant-v5": (3580, 900),
-    "Humanoid-v5": (6000, 3600),
+# ARS (Mania et al. 2018) thresholds; each task's wall budget (issue 12) is its preset's ``time_budget``.
+THRESHOLDS = {
+    "Swimmer-v5": 325,
+    "Hopper-v5": 3120,
+    "HalfCheetah-v5": 3430,
+    "Walker2d-v5": 4390,
+    "Ant-v5": 3580,
+    "Humanoid-v5": 6000,
 }
 EVOTORCH_PROGRAM = r"""
 import csv, sys, time
@@ -89,7 +91,7 @@ def parse_args() -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--envs", nargs="+", default=[e for e in GOALS if e != "Humanoid-v5"], choices=list(GOALS)
+        "--envs", nargs="+", default=[e for e in THRESHOLDS if e != "Humanoid-v5"], choices=list(THRESHOLDS)
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument(
@@ -179,7 +181,7 @@ def main() -> None:
     ]
     curves: dict[str, list[tuple[str, dict[str, np.ndarray]]]] = {}
     for env_id in args.envs:
-        threshold, budget = GOALS[env_id][0], GOALS[env_id][1] * args.budget_scale
+        threshold, budget = THRESHOLDS[env_id], preset_for(env_id).time_budget * args.budget_scale
         summaries, metrics = [], []
         seeds = args.env_seeds.get(env_id, args.seeds)
         for seed in seeds:
@@ -224,7 +226,7 @@ def main() -> None:
         for label, color in (("EGGROLL", "C0"), ("EvoTorch PGPE", "C1")):
             if any(name == label for name, _ in entries):
                 ax.plot([], [], color=color, label=label)
-        ax.axhline(GOALS[env_id][0], color="k", ls="--", lw=0.8, label="ARS threshold")
+        ax.axhline(THRESHOLDS[env_id], color="k", ls="--", lw=0.8, label="ARS threshold")
         ax.set(title=env_id, xlabel="wall time (s)", ylabel="eval return (θ)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

@@ -48,14 +48,13 @@ from pathlib import Path
 from types import ModuleType
 
 import torch
-from common import machine, median_ratio
+from common import RESULTS, machine, median_ratio
 from torch import nn
 
 import eggroll_trainer
 from eggroll_trainer import EGGROLLTrainer, current_population
 from eggroll_trainer.noise import noise_table
 
-RESULTS = Path(__file__).resolve().parent / "results"
 SIGMA, LR, SEED = 0.01, 0.01, 0
 
 

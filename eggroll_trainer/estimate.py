@@ -69,18 +69,18 @@ def estimate(
     Returns:
         One tensor shaped like each parameter (freshly allocated: the caller may overwrite it), or ``None``.
     """
-    ascents: list[Tensor | None] = []
+    estimates: list[Tensor | None] = []
     for p, noise, sigma in zip(params, noises, sigmas):
         if noise is None:
-            ascents.append(None)
+            estimates.append(None)
             continue
         chunk = max(1, UPDATE_CHUNK_VALUES // noise.spec.length)
         if chunk_size:
             chunk = min(chunk, max(1, math.ceil(chunk_size / 2)))
         scale = (-1.0 if descent else 1.0) / (population_size * sigma)
         w = (weights * scale).to(device=p.device, dtype=p.dtype)  # (P,): float64 until the cast
-        ascents.append(noise.weighted_sum(w, chunk))
-    return ascents
+        estimates.append(noise.weighted_sum(w, chunk))
+    return estimates
 
 
 def unproven(

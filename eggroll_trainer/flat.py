@@ -112,7 +112,7 @@ def flat_generation(
     update = trainer.compute_update(perturbations, clean.to(device=theta.device, dtype=torch.float32))
     check_finite([update], trainer.generation)
     grads: list[Tensor | None] = [  # −ĝ: what the torch.optim rule minimises along
-        None if f else u.view_as(p).to(p.dtype, copy=True).neg_()
+        None if f else u.view_as(p).neg().to(p.dtype)  # neg: a fresh tensor, never a view of ``update``
         for u, p, f in zip(split(update, params), params, frozen)
     ]
     return scores, finite, best, grads

@@ -86,11 +86,8 @@ def product(
         for t in range(s):
             xs = x4[:, t] if plan.signs is None else x4[:, t] * plan.signs.to(x.dtype).view(-1, 1, 1)
             y4[:, t].baddbmm_(xs, plan.eps_t, alpha=-plan.alpha if t else plan.alpha)
-    if plan.beta is not None and not fused:  # y_i += σ_b s_i β_k, both mirrors in one pass
-        if s == 2:
-            y4.addcmul_(_mirror_signs(y), plan.beta.view(g, 1, 1, out), value=plan.sigma_b)
-        else:
-            y4[:, 0].add_(plan.beta, alpha=plan.sigma_b)
+    if not fused:
+        _add_bias_noise(y4, plan)
     return y
 
 
@@ -122,12 +119,7 @@ def _noise_then_product(
             out = torch.mul(xb, plan.a_t) if bias is None else torch.addcmul(bias, xb, plan.a_t)
         else:
             out = torch.bmm(xb, plan.a_t) if bias is None else torch.baddbmm(bias, xb, plan.a_t)
-        if plan.beta is not None and s == 2:  # y_i += σ_b s_i β_k, both mirrors in one pass
-            out.view(g, 2, rows, m).addcmul_(
-                _mirror_signs(out), plan.beta.view(g, 1, 1, m), value=plan.sigma_b
-            )
-        elif plan.beta is not None:
-            out.add_(plan.beta, alpha=plan.sigma_b)  # (G, 1, out): the sign is folded in
+        _add_bias_noise(out.view(g, s, rows, m), plan)
     y = out.view(-1, m)  # (R, out)
     y.addmm_(flat, weight if right else weight.t())
     return y.view(*x.shape[:-1], m)
@@ -138,14 +130,21 @@ def _noise_then_product(
 _FUSE_BIAS_ROWS = 8
 
 
-def _mirror_signs(like: Tensor) -> Tensor:
-    """(1, 2, 1, 1): +1 for the first mirror of every pair, −1 for the second."""
-    return _signs(like.dtype, like.device)
+def _add_bias_noise(y4: Tensor, plan: ProductNoise) -> None:
+    """y_i += σ_b s_i β_k in place on y4 (G, S, rows, out); both mirrors in one pass (no-op without β)."""
+    if plan.beta is None:
+        return
+    g, out = y4.shape[0], y4.shape[-1]
+    if plan.mirrors == 2:
+        y4.addcmul_(_mirror_signs(y4.dtype, y4.device), plan.beta.view(g, 1, 1, out), value=plan.sigma_b)
+    else:
+        y4[:, 0].add_(plan.beta, alpha=plan.sigma_b)  # (G, 1, out): the sign is folded in
 
 
 @functools.lru_cache(maxsize=8)
-def _signs(dtype: torch.dtype, device: torch.device) -> Tensor:
-    return torch.tensor([1.0, -1.0], dtype=dtype, device=device).view(1, 2, 1, 1)  # never written to
+def _mirror_signs(dtype: torch.dtype, device: torch.device) -> Tensor:
+    """(1, 2, 1, 1): +1 for the first mirror of every pair, −1 for the second (cached: never written to)."""
+    return torch.tensor([1.0, -1.0], dtype=dtype, device=device).view(1, 2, 1, 1)
 
 
 def _stacked(plan: ProductNoise, sign: float) -> Tensor:
