@@ -82,6 +82,9 @@ class ProductNoise:
     alpha: float = 0.0  # σ/√r (low rank) or σ (full rank)
     beta: Tensor | None = None  # (G, 1, out): bias noise (sign folded in when S = 1)
     sigma_b: float = 0.0
+    # built on first use, reused by every forward of the call (``products``):
+    member_bias: Tensor | None = None  # (G, S, 1, out): b + σ_b s_i β
+    stacked: Tensor | None = None  # (G, r + 1, out): [Aᵀ ; β]
 
 
 def product_noise(mode: population_mode, weight: Tensor, bias: Tensor | None, right: bool) -> ProductNoise:
