@@ -112,7 +112,7 @@ def _noise_then_product(
         left, right_factor = torch.cat([xb, signs], dim=-1), _stacked_factors(plan)
         out = torch.bmm(left, right_factor) if bias is None else torch.baddbmm(bias, left, right_factor)
     else:
-        if plan.beta is not None:  # b + σ_b s_i β (G, S, 1, out): built once per call, reused by every forward
+        if plan.beta is not None:  # b + σ_b s_i β (G, S, 1, out), built once per call
             bias = _member_biases(plan, bias)
         if xb.shape[-1] == 1:  # rank 1: an outer product (CPU runs it faster than a batch of rank-1 GEMMs)
             a_t, xb4 = plan.a_t.unsqueeze(1), xb.view(g, s, rows, 1)  # (G, 1, 1, out), (G, S, rows, 1)
@@ -146,7 +146,9 @@ def _shared_x_times_b(x: Tensor, b: Tensor) -> Tensor:
 
 
 @functools.lru_cache(maxsize=64)
-def _member_scales(g: int, s: int, rows: int, scale: float, dtype: torch.dtype, device: torch.device) -> Tensor:
+def _member_scales(
+    g: int, s: int, rows: int, scale: float, dtype: torch.dtype, device: torch.device
+) -> Tensor:
     """(G, S·rows, 1): +scale for the rows of a group's first mirror, −scale for the second (cached, never
     written: one in-place multiply by it costs a fifth of a scalar multiply and a negation)."""
     signs = torch.full((g, s, rows, 1), scale, dtype=dtype, device=device)
