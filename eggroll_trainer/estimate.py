@@ -70,6 +70,7 @@ def estimate(
         One tensor shaped like each parameter (freshly allocated: the caller may overwrite it), or ``None``.
     """
     estimates: list[Tensor | None] = []
+    scaled: dict[tuple[float, torch.dtype, torch.device], Tensor] = {}  # parameters of a group share them
     for p, noise, sigma in zip(params, noises, sigmas):
         if noise is None:
             estimates.append(None)
@@ -77,9 +78,11 @@ def estimate(
         chunk = max(1, UPDATE_CHUNK_VALUES // noise.spec.length)
         if chunk_size:
             chunk = min(chunk, max(1, math.ceil(chunk_size / 2)))
-        scale = (-1.0 if descent else 1.0) / (population_size * sigma)
-        w = (weights * scale).to(device=p.device, dtype=p.dtype)  # (P,): float64 until the cast
-        estimates.append(noise.weighted_sum(w, chunk))
+        key = (sigma, p.dtype, p.device)
+        if key not in scaled:
+            scale = (-1.0 if descent else 1.0) / (population_size * sigma)
+            scaled[key] = (weights * scale).to(device=p.device, dtype=p.dtype)  # (P,): float64 until the cast
+        estimates.append(noise.weighted_sum(scaled[key], chunk))
     return estimates
 
 
