@@ -10,7 +10,7 @@ from torch import nn
 from eggroll_trainer import current_population
 from eggroll_trainer.evaluation import evaluate_batched, evaluate_sequential
 from eggroll_trainer.noise import NoiseSpec, ParamNoise
-from eggroll_trainer.population import Perturbed
+from eggroll_trainer.population import Perturbed, products
 
 
 def member_noise(model: nn.Module, rank: int, pairs: int) -> list[ParamNoise]:
@@ -66,4 +66,10 @@ def test_irregular_slice_of_mirrored_pairs():
 @pytest.mark.parametrize("rank", [1, 3])
 def test_shared_rows_equal_member_by_member(rows, rank):
     batched, sequential = scores(TwoLayer(), rows, rank, True, False, shared=True)
+    torch.testing.assert_close(batched, sequential, rtol=1e-5, atol=1e-5)
+
+
+def test_members_bias_too_large_to_keep_is_rebuilt_per_forward(monkeypatch):
+    monkeypatch.setattr(products, "_MEMBER_BIAS_VALUES", 0)
+    batched, sequential = scores(TwoLayer(), 1, 1, True, False, forwards=2)
     torch.testing.assert_close(batched, sequential, rtol=1e-5, atol=1e-5)

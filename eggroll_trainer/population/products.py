@@ -106,10 +106,12 @@ def _noise_then_product(
     flat = x.reshape(-1, n)  # (R, n)
     rows = flat.shape[0] // (g * s)  # per member
     xb = _x_times_b(flat.view(g, s * rows, n), plan.b)  # (G, S·rows, r): x_i B
-    xb.mul_(_member_scales(g, s, rows, plan.alpha, xb.dtype, xb.device))  # σ s_i (x_i B)/√r
+    r = xb.shape[-1]
+    xb.view(g, s, rows, r).mul_(_member_scales(s, plan.alpha, xb.dtype, xb.device))  # σ s_i (x_i B)/√r
     if plan.beta is not None and rows >= _FUSE_BIAS_ROWS:  # [x B | s] @ [α Aᵀ ; σ_b β]: one batched product
-        signs = _member_scales(g, s, rows, plan.sigma_b, xb.dtype, xb.device)
-        left, right_factor = torch.cat([xb, signs], dim=-1), _stacked_factors(plan)
+        signs = _member_scales(s, plan.sigma_b, xb.dtype, xb.device).expand(g, s, rows, 1)
+        left = torch.cat([xb, signs.reshape(g, s * rows, 1)], dim=-1)  # (G, S·rows, r + 1)
+        right_factor = _stacked_factors(plan)
         out = torch.bmm(left, right_factor) if bias is None else torch.baddbmm(bias, left, right_factor)
     else:
         if plan.beta is not None:  # b + σ_b s_i β (G, S, 1, out), built once per call
@@ -145,30 +147,32 @@ def _shared_x_times_b(x: Tensor, b: Tensor) -> Tensor:
     return torch.mm(b.transpose(1, 2).reshape(g * r, n), x.t()).view(g, r, -1).transpose(1, 2)
 
 
-@functools.lru_cache(maxsize=64)
-def _member_scales(
-    g: int, s: int, rows: int, scale: float, dtype: torch.dtype, device: torch.device
-) -> Tensor:
-    """(G, S·rows, 1): +scale for the rows of a group's first mirror, −scale for the second (cached, never
-    written: one in-place multiply by it costs a fifth of a scalar multiply and a negation)."""
-    signs = torch.full((g, s, rows, 1), scale, dtype=dtype, device=device)
-    if s == 2:
-        signs[:, 1] = -scale
-    return signs.view(g, s * rows, 1)
+@functools.lru_cache(maxsize=32)
+def _member_scales(s: int, scale: float, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """(1, S, 1, 1): +scale for a group's first mirror, −scale for the second (cached, never written: one
+    in-place multiply by it costs a third of a scalar multiply followed by a negation)."""
+    return torch.tensor([scale, -scale][:s], dtype=dtype, device=device).view(1, s, 1, 1)
 
 
 def _member_biases(plan: ProductNoise, bias: Tensor) -> Tensor:
-    """b + σ_b s_i β_i as (G, S, 1, out) in one pass, cached in the plan: within a call a perturbed bias is
-    read-only (the mode refuses in-place ops on it)."""
-    if plan.member_bias is None:
-        g, out = plan.groups, plan.beta.shape[-1]
-        beta = plan.beta.view(g, 1, 1, out)
-        if plan.mirrors == 2:
-            signs = _mirror_signs(beta.dtype, beta.device)  # (1, 2, 1, 1)
-            plan.member_bias = torch.addcmul(bias, beta, signs, value=plan.sigma_b)
-        else:  # the sign is folded into β
-            plan.member_bias = torch.add(bias, beta, alpha=plan.sigma_b)
-    return plan.member_bias
+    """b + σ_b s_i β_i as (G, S, 1, out) in one pass. Kept in the plan for the call's later forwards up to
+    ``_MEMBER_BIAS_VALUES`` values (within a call a perturbed bias is read-only: the mode refuses in-place
+    ops on it); a larger one (a wide layer of a large population) is rebuilt by each forward instead."""
+    if plan.member_bias is not None:
+        return plan.member_bias
+    g, out = plan.groups, plan.beta.shape[-1]
+    beta = plan.beta.view(g, 1, 1, out)
+    if plan.mirrors == 2:
+        values = torch.addcmul(bias, beta, _mirror_signs(beta.dtype, beta.device), value=plan.sigma_b)
+    else:  # the sign is folded into β
+        values = torch.add(bias, beta, alpha=plan.sigma_b)
+    if values.numel() <= _MEMBER_BIAS_VALUES:
+        plan.member_bias = values
+    return values
+
+
+#: The largest members' bias (G·S·out values) a plan keeps between forwards: 16 MB in float32.
+_MEMBER_BIAS_VALUES = 1 << 22
 
 
 def _stacked_factors(plan: ProductNoise) -> Tensor:
