@@ -227,6 +227,7 @@ def main() -> None:
             if any(name == label for name, _ in entries):
                 ax.plot([], [], color=color, label=label)
         ax.axhline(THRESHOLDS[env_id], color="k", ls="--", lw=0.8, label="ARS threshold")
+        ax.set_ylim(top=max(ax.get_ylim()[1], 1.05 * THRESHOLDS[env_id]))  # the threshold always in view
         ax.set(title=env_id, xlabel="wall time (s)", ylabel="eval return (θ)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
