@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from eggroll_trainer import current_population
+from eggroll_trainer.noise import NoiseSpec, ParamNoise
 
 # The suite's models are tiny: one thread avoids OpenMP spin-waits on a shared 2-core machine.
 torch.set_num_threads(1)
@@ -88,3 +89,11 @@ def same(a, b):
 
 def clone(model):
     return copy.deepcopy(model)
+
+
+def linear_member_noise(model, rank=None, pairs=3):
+    """Noise of every parameter of ``model`` from one small table: rank-``rank`` for matrices (full rank for
+    ``rank=None``), full rank for vectors; ``pairs`` antithetic pairs."""
+    table = torch.randn(1 << 12, generator=torch.Generator().manual_seed(0))
+    return [ParamNoise(table, NoiseSpec(p.shape, rank=rank if p.dim() == 2 else None), 7 + j, pairs)
+            for j, p in enumerate(model.parameters())]  # fmt: skip

@@ -5,19 +5,12 @@ import warnings
 
 import pytest
 import torch
-from conftest import Recorder, make_data, make_model, neg_mse, neg_mse_batched
+from conftest import Recorder, linear_member_noise, make_data, make_model, neg_mse, neg_mse_batched
 from torch import nn
 
 from eggroll_trainer import EGGROLLTrainer, ESTrainer, current_population
 from eggroll_trainer.evaluation import as_score, check_scores, evaluate_batched, evaluate_sequential, scorer
-from eggroll_trainer.noise import NoiseSpec, ParamNoise
 from eggroll_trainer.population import Perturbed
-
-
-def linear_member_noise(model, rank=None, pairs=3):
-    table = torch.randn(1 << 12, generator=torch.Generator().manual_seed(0))
-    return [ParamNoise(table, NoiseSpec(p.shape, rank=rank if p.dim() == 2 else None), 7 + j, pairs)
-            for j, p in enumerate(model.parameters())]  # fmt: skip
 
 
 def test_as_score():

@@ -4,19 +4,11 @@ RL rollout's next step) gives the same again."""
 
 import pytest
 import torch
-from conftest import TwoLayer
-from torch import nn
+from conftest import TwoLayer, linear_member_noise
 
 from eggroll_trainer import current_population
 from eggroll_trainer.evaluation import evaluate_batched, evaluate_sequential
-from eggroll_trainer.noise import NoiseSpec, ParamNoise
 from eggroll_trainer.population import Perturbed, products
-
-
-def member_noise(model: nn.Module, rank: int, pairs: int) -> list[ParamNoise]:
-    table = torch.randn(1 << 12, generator=torch.Generator().manual_seed(0))
-    return [ParamNoise(table, NoiseSpec(p.shape, rank=rank if p.dim() == 2 else None), 11 + 5 * j, pairs)
-            for j, p in enumerate(model.parameters())]  # fmt: skip
 
 
 def scores(model, rows, rank, antithetic, frozen_bias, forwards=1, start=0, count=6, total=6, shared=False):
@@ -25,7 +17,7 @@ def scores(model, rows, rank, antithetic, frozen_bias, forwards=1, start=0, coun
     torch.manual_seed(0)
     x = torch.randn(rows, 4)
     params = [p for p in model.parameters() if not (frozen_bias and p.dim() == 1)]
-    noises = member_noise(model, rank, pairs=(total + 1) // 2)
+    noises = linear_member_noise(model, rank, pairs=(total + 1) // 2)
     by_id = dict(zip(map(id, model.parameters()), noises))
     perturbed = {id(p): Perturbed(by_id[id(p)], 0.1) for p in params}
 

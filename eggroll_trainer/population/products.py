@@ -73,12 +73,12 @@ def product(
         if shared:
             x_block = x[:1].expand(rows // math.prod(x.shape[1:-1]), *x.shape[1:]).reshape(rows, n)
             xb = _shared_x_times_b(x_block, plan.b)  # (G, rows, r): one x B per group
-            if fused:
-                xb = torch.cat([xb, xb.new_ones(g, rows, 1)], dim=-1)  # (G, rows, r + 1)
+            if fused:  # [α x B | σ_b] (G, rows, r + 1), against [Aᵀ ; β]
+                xb = torch.cat([xb * plan.alpha, xb.new_full((g, rows, 1), plan.sigma_b)], dim=-1)
             for t in range(s):  # both mirrors see the same x: the second takes -α
                 sign = -1.0 if t else 1.0
                 if fused:
-                    y4[:, t].baddbmm_(xb, _stacked(plan, sign))
+                    y4[:, t].baddbmm_(xb, _stacked_factors(plan), alpha=sign)
                 else:
                     _outer_add(y4[:, t], xb, plan.a_t, sign * plan.alpha)
     elif plan.eps_t is not None:
@@ -135,9 +135,13 @@ def _x_times_b(x3: Tensor, b: Tensor) -> Tensor:
     """x_i B for every group: x3 (G, rows, n) @ b (G, n, r) -> (G, rows, r), a fresh tensor. From 8 rows on
     as (Bᵀ x_iᵀ)ᵀ: MKL's batched GEMM runs that orientation 2-2.5× faster for many rows (2 cores, r ≤ 4)
     and ~1.2× slower for one or two."""
-    if x3.shape[1] < _FUSE_BIAS_ROWS:
+    if x3.shape[1] < _TRANSPOSED_XB_ROWS:
         return torch.bmm(x3, b)
     return torch.bmm(b.transpose(1, 2), x3.transpose(1, 2)).transpose(1, 2)
+
+
+#: Rows per member from which ``_x_times_b`` takes the (Bᵀ x_iᵀ)ᵀ orientation.
+_TRANSPOSED_XB_ROWS = 8
 
 
 def _shared_x_times_b(x: Tensor, b: Tensor) -> Tensor:
@@ -163,7 +167,9 @@ def _member_biases(plan: ProductNoise, bias: Tensor) -> Tensor:
     g, out = plan.groups, plan.beta.shape[-1]
     beta = plan.beta.view(g, 1, 1, out)
     if plan.mirrors == 2:
-        values = torch.addcmul(bias, beta, _mirror_signs(beta.dtype, beta.device), value=plan.sigma_b)
+        values = torch.addcmul(
+            bias, beta, _member_scales(2, 1.0, beta.dtype, beta.device), value=plan.sigma_b
+        )
     else:  # the sign is folded into β
         values = torch.add(bias, beta, alpha=plan.sigma_b)
     if values.numel() <= _MEMBER_BIAS_VALUES:
@@ -193,20 +199,11 @@ def _add_bias_noise(y4: Tensor, plan: ProductNoise) -> None:
         return
     g, out = y4.shape[0], y4.shape[-1]
     if plan.mirrors == 2:
-        y4.addcmul_(_mirror_signs(y4.dtype, y4.device), plan.beta.view(g, 1, 1, out), value=plan.sigma_b)
+        y4.addcmul_(
+            _member_scales(2, 1.0, y4.dtype, y4.device), plan.beta.view(g, 1, 1, out), value=plan.sigma_b
+        )
     else:
         y4[:, 0].add_(plan.beta, alpha=plan.sigma_b)  # (G, 1, out): the sign is folded in
-
-
-@functools.lru_cache(maxsize=8)
-def _mirror_signs(dtype: torch.dtype, device: torch.device) -> Tensor:
-    """(1, 2, 1, 1): +1 for the first mirror of every pair, −1 for the second (cached: never written to)."""
-    return torch.tensor([1.0, -1.0], dtype=dtype, device=device).view(1, 2, 1, 1)
-
-
-def _stacked(plan: ProductNoise, sign: float) -> Tensor:
-    """[± α Aᵀ ; ± σ_b β]: (G, r + 1, out)."""
-    return torch.cat([plan.a_t * (sign * plan.alpha), plan.beta * (sign * plan.sigma_b)], dim=1)
 
 
 def _outer_add(y: Tensor, xb: Tensor, a_t: Tensor, alpha: float) -> None:
