@@ -84,6 +84,7 @@ class ProductNoise:
     sigma_b: float = 0.0
     # built on first use, reused by every forward of the call (``products``):
     member_bias: Tensor | None = None  # (G, S, 1, out): b + σ_b s_i β
+    forwards: int = 0  # forwards that asked for ``member_bias``
     stacked: Tensor | None = None  # (G, r + 1, out): [Aᵀ ; β]
 
 

@@ -86,10 +86,10 @@ class MemberSlice:
     def per_group(self, view: Tensor) -> Tensor:
         """Rows of a per-pair view (pairs 0 ..) for this slice's groups: a view when group = pair (mirrored
         slice, or no antithetic sampling), an indexed copy for an irregular antithetic slice (group = member)."""
-        if self.paired:
-            return view[self.start // 2 : self.pair_end]
-        if not self.antithetic:
-            return view[self.start : self.start + self.size]
+        if self.paired or not self.antithetic:
+            first = self.start // 2 if self.paired else self.start
+            whole = first == 0 and view.shape[0] == self.pair_end  # the usual call: every pair, as it is
+            return view if whole else view[first : self.pair_end]
         return view[self.members[0]]
 
 

@@ -114,18 +114,24 @@ def _noise_then_product(
         right_factor = _stacked_factors(plan)
         out = torch.bmm(left, right_factor) if bias is None else torch.baddbmm(bias, left, right_factor)
     else:
-        if plan.beta is not None:  # b + σ_b s_i β (G, S, 1, out), built once per call
-            bias = _member_biases(plan, bias)
-        if xb.shape[-1] == 1:  # rank 1: an outer product (CPU runs it faster than a batch of rank-1 GEMMs)
+        member_bias, owned = _member_biases(plan, bias) if plan.beta is not None else (bias, False)
+        if owned and rows == 1:  # a fresh (G, S, 1, out): the noise terms are added into it, in place
+            out = member_bias.view(g, s, rows, m)
+            if r == 1:
+                out.addcmul_(xb.view(g, s, rows, 1), plan.a_t.unsqueeze(1))
+            else:
+                out.view(g, s, m).baddbmm_(xb, plan.a_t)
+        elif r == 1:  # rank 1: an outer product (CPU runs it faster than a batch of rank-1 GEMMs)
             a_t, xb4 = plan.a_t.unsqueeze(1), xb.view(g, s, rows, 1)  # (G, 1, 1, out), (G, S, rows, 1)
-            out = torch.mul(xb4, a_t) if bias is None else torch.addcmul(bias, xb4, a_t)
-        elif bias is None:
+            out = torch.mul(xb4, a_t) if member_bias is None else torch.addcmul(member_bias, xb4, a_t)
+        elif member_bias is None:
             out = torch.bmm(xb, plan.a_t)
-        elif bias.dim() == 1 or rows == 1:  # (out,) or (G, S, 1, out) read as (G, S, out)
-            out = torch.baddbmm(bias if bias.dim() == 1 else bias.view(g, s, m), xb, plan.a_t)
+        elif member_bias.dim() == 1 or rows == 1:  # (out,) or (G, S, 1, out) read as (G, S, out)
+            bias_3d = member_bias if member_bias.dim() == 1 else member_bias.view(g, s, m)
+            out = torch.baddbmm(bias_3d, xb, plan.a_t)
         else:
             out = torch.bmm(xb, plan.a_t)
-            out.view(g, s, rows, m).add_(bias)
+            out.view(g, s, rows, m).add_(member_bias)
     y = out.view(-1, m)  # (R, out)
     y.addmm_(flat, weight if right else weight.t())
     return y.view(*x.shape[:-1], m)
@@ -158,12 +164,16 @@ def _member_scales(s: int, scale: float, dtype: torch.dtype, device: torch.devic
     return torch.tensor([scale, -scale][:s], dtype=dtype, device=device).view(1, s, 1, 1)
 
 
-def _member_biases(plan: ProductNoise, bias: Tensor) -> Tensor:
-    """b + σ_b s_i β_i as (G, S, 1, out) in one pass. Kept in the plan for the call's later forwards up to
-    ``_MEMBER_BIAS_VALUES`` values (within a call a perturbed bias is read-only: the mode refuses in-place
-    ops on it); a larger one (a wide layer of a large population) is rebuilt by each forward instead."""
+def _member_biases(plan: ProductNoise, bias: Tensor) -> tuple[Tensor, bool]:
+    """b + σ_b s_i β_i as (G, S, 1, out), and whether it is the caller's to write into.
+
+    The first forward of a call gets a fresh one, which its noise terms are then added into in place (one
+    buffer written and updated, no second one beside it: a one-forward fitness pays nothing more). The
+    second builds the one kept for the call's later forwards (within a call a perturbed bias is read-only:
+    the mode refuses in-place ops on it), up to ``_MEMBER_BIAS_VALUES`` values; a larger one (a wide layer of
+    a large population) is built fresh by every forward instead."""
     if plan.member_bias is not None:
-        return plan.member_bias
+        return plan.member_bias, False
     g, out = plan.groups, plan.beta.shape[-1]
     beta = plan.beta.view(g, 1, 1, out)
     if plan.mirrors == 2:
@@ -172,9 +182,11 @@ def _member_biases(plan: ProductNoise, bias: Tensor) -> Tensor:
         )
     else:  # the sign is folded into β
         values = torch.add(bias, beta, alpha=plan.sigma_b)
-    if values.numel() <= _MEMBER_BIAS_VALUES:
-        plan.member_bias = values
-    return values
+    plan.forwards += 1
+    if plan.forwards == 1 or values.numel() > _MEMBER_BIAS_VALUES:
+        return values, True
+    plan.member_bias = values
+    return values, False
 
 
 #: The largest members' bias (G·S·out values) a plan keeps between forwards: 16 MB in float32.
