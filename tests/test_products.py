@@ -1,6 +1,6 @@
 """The population product for member-major rows: every layout of rows, rank, mirrors and bias noise gives
-member i exactly F.linear(x_i, W + σ s_i E_i, b + σ_b s_i β_i), and a second forward in the same call (an
-RL rollout's next step) gives the same again."""
+member i exactly F.linear(x_i, W + σ s_i E_i, b + σ_b s_i β_i), and later forwards in the same call (an
+RL rollout's next steps) give bit for bit the same again."""
 
 import pytest
 import torch
@@ -44,7 +44,8 @@ def scores(model, rows, rank, antithetic, frozen_bias, forwards=1, start=0, coun
 @pytest.mark.parametrize("antithetic", [True, False], ids=["mirrored", "one-sided"])
 @pytest.mark.parametrize("frozen_bias", [False, True], ids=["bias-noise", "plain-bias"])
 def test_member_major_rows_equal_member_by_member(rows, rank, antithetic, frozen_bias):
-    batched, sequential = scores(TwoLayer(), rows, rank, antithetic, frozen_bias, forwards=2)
+    # three forwards: the first writes into a fresh members' bias, the second keeps one, the third reuses it
+    batched, sequential = scores(TwoLayer(), rows, rank, antithetic, frozen_bias, forwards=3)
     torch.testing.assert_close(batched, sequential, rtol=1e-5, atol=1e-5)
 
 

@@ -82,9 +82,9 @@ class ProductNoise:
     alpha: float = 0.0  # σ/√r (low rank) or σ (full rank)
     beta: Tensor | None = None  # (G, 1, out): bias noise (sign folded in when S = 1)
     sigma_b: float = 0.0
-    # built on first use, reused by every forward of the call (``products``):
-    member_bias: Tensor | None = None  # (G, S, 1, out): b + σ_b s_i β
-    forwards: int = 0  # forwards that asked for ``member_bias``
+    # built for the call's later forwards (``products``):
+    member_bias: Tensor | None = None  # (G, S, 1, out): b + σ_b s_i β, kept from the second forward on
+    forwards: int = 0  # forwards that built the members' bias (the first writes its output into it)
     stacked: Tensor | None = None  # (G, r + 1, out): [Aᵀ ; β]
 
 
