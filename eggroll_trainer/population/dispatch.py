@@ -9,11 +9,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .attention import multi_head_attention
+from .convolution import conv
 from .elementwise import elementwise, norm
+from .embedding import embedding
 from .fallback import derive, vmap_fallback
 from .members import is_activation, is_member_valued
 from .mode import population_mode
-from .products import conv, embedding, linear, right_product
+from .products import linear, right_product
 
 
 def _elementwise_funcs() -> set[Any]:

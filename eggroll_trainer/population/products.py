@@ -9,7 +9,9 @@ forward consumes P in a product, member i's extra term is rank-r work:
 * ``F.linear``  (y = x Pᵀ):  y_i += σ s_i (x_i B) Aᵀ/√r
 * ``addmm``/``matmul`` with P on the right (y = x P, Hugging Face ``Conv1D``):  y_i += σ s_i (x_i A) Bᵀ/√r
 * ``F.embedding`` (y = P[ids]):  y_i += σ s_i A[ids_i] Bᵀ/√r  — a gather of r numbers per token
+  (``embedding``)
 * ``F.conv*d`` with the kernel read as out × (in·k):  y_i += σ s_i/√r · A · conv(x_i, B̃), B̃ = Bᵀ as (r, in, k…)
+  (``convolution``)
 """
 
 from __future__ import annotations
@@ -27,8 +29,6 @@ from .members import (
     ProductNoise,
     is_activation,
     is_member_valued,
-    member_factors,
-    member_values,
     product_noise,
 )
 from .mode import population_mode
@@ -254,86 +254,3 @@ def right_product(mode: population_mode, func: Any, args: tuple, kwargs: dict) -
     if not ok:
         return vmap_fallback(mode, func, args, kwargs)
     return product(mode, x, weight, bias, right=True, what=f"a product with {mode.name(weight)}")
-
-
-# ----------------------------------------------------------------------------- embedding, conv
-def embedding(
-    mode: population_mode,
-    ids: Tensor,
-    weight: Tensor,
-    padding_idx: int | None = None,
-    max_norm: float | None = None,
-    norm_type: float = 2.0,
-    scale_grad_by_freq: bool = False,
-    sparse: bool = False,
-) -> Tensor:
-    """y_i = P[ids_i] + σ s_i A[ids_i] Bᵀ/√r: the shared lookup plus a gather of r numbers per token."""
-    if max_norm is not None:
-        raise ValueError(
-            f"population mode: the embedding {mode.name(weight)} has max_norm set, which renormalises the "
-            "weight in place; use sequential evaluation (batched=False)"
-        )
-    if id(weight) in mode.derived or not mode.perturbed[id(weight)].noise.spec.low_rank:
-        return vmap_fallback(mode, F.embedding, (ids, weight, padding_idx), {})
-    k = mode.info.size
-    per = mode.rows_of(ids, f"the embedding {mode.name(weight)}")
-    y = F.embedding(ids, weight, padding_idx)  # (R, ..., d): the shared lookup
-    if per is None:
-        ids = ids.expand(mode.shared_rows(), *ids.shape[1:])
-        y = y.expand(mode.shared_rows(), *y.shape[1:])
-    y = y.contiguous()
-    a_t, b_t = member_factors(mode, weight)  # (K, r, V) scaled, (K, r, d)
-    mode.seen.add(id(weight))
-    index = ids.reshape(k, 1, -1).expand(k, a_t.shape[1], -1)  # (K, r, L)
-    gathered = torch.gather(a_t, 2, index)  # (K, r, L): A_i[ids_i]
-    y.view(k, -1, y.shape[-1]).baddbmm_(gathered.transpose(1, 2), b_t)  # (K, L, d)
-    return y
-
-
-def conv(mode: population_mode, func: Any, args: tuple, kwargs: dict) -> Tensor:
-    """conv(x_i, W + σ s_i E_i) = conv(x_i, W) + σ s_i/√r · A_i conv(x_i, B̃_i): a grouped convolution of
-    all members to r channels each, then a 1×1 mix by A_i."""
-    names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
-    call = dict(zip(names, args)) | kwargs
-    x, weight, bias = call["input"], call["weight"], call.get("bias")
-    rest = {key: call[key] for key in ("stride", "padding", "dilation") if key in call}
-    fine = (
-        call.get("groups", 1) == 1
-        and is_activation(mode, x)
-        and id(weight) in mode.perturbed
-        and mode.perturbed[id(weight)].noise.spec.low_rank
-        and not (bias is not None and id(bias) in mode.derived)
-    )
-    if not fine:
-        return vmap_fallback(mode, func, args, kwargs)
-    k = mode.info.size
-    spatial = weight.dim() - 2
-    if x.dim() == spatial + 3:  # the (K, B, C, ...) form: members and their batch as K·B rows
-        y = conv(mode, func, (x.flatten(0, 1), weight, bias), {**rest, "groups": 1})
-        return y.view(*x.shape[:2], *y.shape[1:])
-    per = mode.rows_of(x, f"the convolution {mode.name(weight)}")
-    if per is None:
-        x, per = x.expand(mode.shared_rows(), *x.shape[1:]), mode.shared_rows() // k
-    plain_bias = None if bias is None or id(bias) in mode.perturbed else bias
-    y = func(x, weight, plain_bias, **rest).contiguous()  # (R, out, *S')
-    a_t, b_t = member_factors(mode, weight)  # (K, r, out) scaled, (K, r, in·k…)
-    mode.seen.add(id(weight))
-    r, channels = a_t.shape[1], x.shape[1]
-    # conv(x_i, B̃_i) = Σ_c x_i[c] ⋆ B̃_i[:, c]: one depthwise convolution over all K·C channels (r filters
-    # each), summed over c — CPU runs it several times faster than the equivalent K-group convolution.
-    x_groups = x.reshape(k, per, *x.shape[1:]).transpose(0, 1).reshape(per, k * channels, *x.shape[2:])
-    filters = (
-        b_t.reshape(k, r, *weight.shape[1:]).transpose(1, 2).reshape(k * channels * r, 1, *weight.shape[2:])
-    )
-    z = func(x_groups, filters, None, groups=k * channels, **rest)  # (b, K·C·r, *S')
-    z = z.reshape(per, k, channels, r, -1).sum(dim=2)  # (b, K, r, S')
-    out = y.shape[1]
-    y_members = y.view(k, per, out, -1)  # (K, b, out, S')
-    if r == 1:  # the 1×1 mix is an outer product: added in place, no temporary
-        y_members.addcmul_(a_t.view(k, 1, out, 1), z.transpose(0, 1))
-    else:
-        delta = torch.bmm(a_t.transpose(1, 2), z.permute(1, 2, 0, 3).reshape(k, r, -1))  # (K, out, b·S')
-        y_members.add_(delta.view(k, out, per, -1).transpose(1, 2))
-    if bias is not None and id(bias) in mode.perturbed:
-        y_members.add_(member_values(mode, bias).view(k, 1, out, 1))  # (K, out): θ_b + σ s_i β_i
-    return y
