@@ -116,11 +116,8 @@ def _noise_then_product(
     else:
         member_bias, owned = _member_biases(plan, bias) if plan.beta is not None else (bias, False)
         if owned and rows == 1:  # a fresh (G, S, 1, out): the noise terms are added into it, in place
-            out = member_bias.view(g, s, rows, m)
-            if r == 1:
-                out.addcmul_(xb.view(g, s, rows, 1), plan.a_t.unsqueeze(1))
-            else:
-                out.view(g, s, m).baddbmm_(xb, plan.a_t)
+            out = member_bias
+            _outer_add(out.view(g, s, m), xb, plan.a_t, 1.0)
         elif r == 1:  # rank 1: an outer product (CPU runs it faster than a batch of rank-1 GEMMs)
             a_t, xb4 = plan.a_t.unsqueeze(1), xb.view(g, s, rows, 1)  # (G, 1, 1, out), (G, S, rows, 1)
             out = torch.mul(xb4, a_t) if member_bias is None else torch.addcmul(member_bias, xb4, a_t)
