@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_info(args: argparse.Namespace) -> None:
     from .hf import load_causal_lm, select_targets
-    from .lm import generation_memory
+    from .lm_memory import generation_memory
 
     model, _ = load_causal_lm(args.model, allow_download=args.download)
     targets = select_targets(model, _targets(args))
@@ -142,8 +142,9 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 def cmd_tune(args: argparse.Namespace) -> None:
     from . import EGGROLLTrainer
-    from .hf import export_lora, load_causal_lm, save_model, select_targets
+    from .hf import load_causal_lm, save_model, select_targets
     from .lm import PromptBaseline, RewardFitness
+    from .lora import export_lora
 
     if args.threads:
         torch.set_num_threads(args.threads)

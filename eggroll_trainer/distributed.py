@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .noise import hash_key
+from .table import hash_key
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,8 @@ import dataclasses
 
 from torch import Tensor, nn
 
-from .noise import NoiseSpec, ParamNoise, default_table_size, hash_key, noise_table, table_absmax
+from .noise import NoiseSpec, ParamNoise
+from .table import default_table_size, hash_key, noise_table, table_absmax
 
 
 def with_padding_rows(spec: NoiseSpec | None, param: Tensor, model: nn.Module) -> NoiseSpec | None:

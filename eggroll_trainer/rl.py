@@ -34,7 +34,8 @@ import torch
 from torch import Tensor, nn
 
 from .distributed import all_sum
-from .lockstep import Episodes, LockstepEnvs, MakeEnv, bare_steps_per_s, rollout
+from .episodes import Episodes, bare_steps_per_s, rollout
+from .lockstep import LockstepEnvs, MakeEnv
 from .population import current_population
 
 __all__ = ["LockstepEnvs", "bare_steps_per_s", "RunningMeanStd", "Episodes", "rollout", "Generation",
@@ -114,6 +115,8 @@ class PopulationRollout:
         self._low, self._high = (
             (None, None) if self.envs.discrete else (space.low.reshape(-1), space.high.reshape(-1))
         )
+        self._obs_buffer = np.zeros((population_size + 1, self.envs.obs_dim))  # normalised observations
+        self._actions = np.zeros((population_size + 1, self.envs.act_dim))  # written by _write_actions
         self._center = copy.deepcopy(policy).requires_grad_(False)  # made here: never inside population mode
         self._rng = np.random.default_rng(seed)
         self._new_generation()
@@ -137,11 +140,10 @@ class PopulationRollout:
         def act(obs: np.ndarray) -> np.ndarray:
             x = self._normalise(obs)  # (N+1, obs); rows outside lo..hi and the center when done are ignored
             with torch.no_grad():
-                out = np.zeros((self.n + 1, self._out_dim))
-                out[lo:hi] = model(x[lo:hi]).reshape(hi - lo, -1).double().numpy()
+                self._write_actions(model(x[lo:hi]), lo, hi)
                 if active[self.n] and not self.envs.done[self.n]:
-                    out[self.n :] = self._center(x[self.n :]).reshape(1, -1).double().numpy()
-            return self._to_env(out)  # (N+1, act_dim)
+                    self._write_actions(self._center(x[self.n :]), self.n, self.n + 1)
+            return self._actions  # (N+1, act_dim)
 
         episodes = rollout(self.envs, act, self.seeds, active, tracked=self.n)
         self._returns[lo:hi], self._lengths[lo:hi] = episodes.returns[lo:hi], episodes.lengths[lo:hi]
@@ -172,7 +174,11 @@ class PopulationRollout:
         """Returns of ``episodes`` (≤ N + 1) episodes of θ as it is now, played in lockstep (seeds seed, seed+1, …)."""
         k = min(episodes, self.n + 1)
         self._center.load_state_dict(self.policy.state_dict())
-        act = lambda obs: self._to_env(self._center(self._normalise(obs)).double().numpy())  # noqa: E731
+
+        def act(obs: np.ndarray) -> np.ndarray:
+            self._write_actions(self._center(self._normalise(obs)), 0, self.n + 1)
+            return self._actions
+
         with torch.no_grad():
             result = rollout(self.envs, act, seed + np.arange(self.n + 1), np.arange(self.n + 1) < k)
         return result.returns[:k]
@@ -225,17 +231,21 @@ class PopulationRollout:
             self._mean, self._inv_std = self.stats.mean, 1.0 / self.stats.std  # frozen for the generation
 
     def _normalise(self, obs: np.ndarray) -> Tensor:
+        """clip((o − μ)/s, ±c) in float32, (N+1, obs): three in-place passes over a kept float64 buffer."""
         if not self.normalize:
-            return torch.from_numpy(obs).float()
-        return torch.from_numpy(
-            np.clip((obs - self._mean) * self._inv_std, -self.obs_clip, self.obs_clip)
-        ).float()
+            return torch.from_numpy(obs.astype(np.float32))
+        x = self._obs_buffer
+        np.subtract(obs, self._mean, out=x)
+        np.multiply(x, self._inv_std, out=x)
+        np.clip(x, -self.obs_clip, self.obs_clip, out=x)
+        return torch.from_numpy(x.astype(np.float32))
 
-    @property
-    def _out_dim(self) -> int:  # the policy's output: logits for a Discrete space
-        return int(self.envs.action_space.n) if self.envs.discrete else self.envs.act_dim
-
-    def _to_env(self, out: np.ndarray) -> np.ndarray:
+    def _write_actions(self, out: Tensor, lo: int, hi: int) -> None:
+        """The policy's output for envs lo..hi-1 as env actions, written into the kept (N+1, act_dim)
+        buffer: the argmax of the logits (``Discrete``) or the output clipped to the action bounds."""
+        out = out.reshape(hi - lo, -1)
         if self.envs.discrete:
-            return out.argmax(axis=1, keepdims=True).astype(np.float64)
-        return np.clip(out, self._low, self._high)
+            self._actions[lo:hi, 0] = out.argmax(dim=1).numpy()
+        else:
+            values = out.numpy() if out.dtype in (torch.float32, torch.float64) else out.double().numpy()
+            np.clip(values, self._low, self._high, out=self._actions[lo:hi])

@@ -285,7 +285,7 @@ def main() -> None:
         args=dataclasses.asdict(args),
     )  # fmt: skip
     if args.save_model:
-        from eggroll_trainer.hf import export_lora
+        from eggroll_trainer.lora import export_lora
 
         save_model(model, tokenizer, out / "model")
         errors = export_lora(

@@ -9,15 +9,10 @@ import pytest
 import torch
 
 from eggroll_trainer import EGGROLLTrainer
-from eggroll_trainer.hf import (
-    export_lora,
-    load_causal_lm,
-    lora_factors,
-    resolve_model,
-    save_model,
-    select_targets,
-)
-from eggroll_trainer.lm import PromptBaseline, RewardFitness, generation_memory, population_generate
+from eggroll_trainer.hf import load_causal_lm, resolve_model, save_model, select_targets
+from eggroll_trainer.lm import PromptBaseline, RewardFitness, population_generate
+from eggroll_trainer.lm_memory import generation_memory
+from eggroll_trainer.lora import export_lora, lora_factors
 
 CHARS = list("0123456789+= ?abcdefghijklmnopqrstuvwxyz\n.")
 
