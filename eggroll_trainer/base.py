@@ -226,7 +226,7 @@ class ESTrainer(ESOptimizer):
             step_rules(self._rules, self._all_params(), grads)
             if best is not None:
                 self.best_fitness, self._best_params = best
-            return self._record(scores[finite], closure is not None)
+            return self._record(scores.numpy()[finite.numpy()], closure is not None)
 
     # -------------------------------------------------------------------------------- internals
     @property

@@ -12,18 +12,18 @@ from __future__ import annotations
 import copy
 import math
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from .noise import ParamNoise, member_pairs
-from .shaping import finite_or_worst
 
 
 def best_member(scores: Tensor, best_so_far: float | None) -> int | None:
     """Index of the generation's best member if its finite score beats ``best_so_far``, else ``None``."""
-    clean, _ = finite_or_worst(scores)
-    member = int(torch.argmax(clean))
-    value = float(scores[member])
+    values = scores.detach().cpu().numpy()  # (N,): numpy, a few µs on a CPU vector
+    member = int(np.argmax(np.where(np.isfinite(values), values, -np.inf)))  # the first of equal bests
+    value = float(values[member])
     if not math.isfinite(value) or (best_so_far is not None and value <= best_so_far):
         return None
     return member

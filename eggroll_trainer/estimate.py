@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -101,7 +102,7 @@ def unproven(
     nothing is NaN, so $\hat g_j$ is finite without a pass over its $m\times n$ values; the others (an
     unknown table bound, huge raw fitnesses, half precision) are left to
     [`check_finite`][eggroll_trainer.estimate.check_finite]."""
-    total = float(weights.abs().sum())  # inf or nan when some weight is: nothing is proven then
+    total = float(np.abs(weights.detach().cpu().numpy()).sum())  # inf or nan if some weight is: nothing proven
     left = []
     for g, noise, sigma in zip(grads, noises, sigmas):
         if g is None:

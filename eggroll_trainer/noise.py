@@ -203,7 +203,7 @@ class ParamNoise:
         out = None
         for first in range(0, total, chunk):
             count = min(chunk, total - first)
-            w = weights[first : first + count]
+            w = weights if count == total else weights[first : first + count]
             if self.spec.low_rank:
                 m, n = self.spec.matrix_shape
                 r = self.spec.rank
@@ -225,4 +225,4 @@ class ParamNoise:
         assert out is not None
         if self.spec.zero_rows:
             out[list(self.spec.zero_rows)] = 0
-        return out.view(self.spec.shape)
+        return out if out.shape == self.spec.shape else out.view(self.spec.shape)

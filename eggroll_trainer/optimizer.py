@@ -10,11 +10,13 @@ the ``train`` loop, ``get_best_model``, and the group-wide ``lr``/``sigma`` acce
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
@@ -212,16 +214,18 @@ class ESOptimizer(torch.optim.Optimizer):
     def _all_params(self) -> list[Tensor]:
         return [p for group in self.param_groups for p in group["params"]]
 
-    def _record(self, finite_scores: Tensor, with_closure: bool) -> dict[str, Any]:
-        """Count a completed generation; its metrics over this generation's finite scores."""
+    def _record(self, finite_scores: np.ndarray, with_closure: bool) -> dict[str, Any]:
+        """Count a completed generation; its metrics over this generation's finite scores (n,) (numpy: a
+        few µs, where each torch reduction of a small CPU vector costs ~10)."""
         self.generation += 1
         mean = float(finite_scores.mean())
+        centered = finite_scores - mean
         self.fitness_history.append(mean)
         metrics: dict[str, Any] = {
             "generation": self.generation,
             "mean_fitness": mean,
             "best_fitness": float(finite_scores.max()),
-            "std_fitness": float(finite_scores.std(unbiased=False)) if finite_scores.numel() > 1 else 0.0,
+            "std_fitness": math.sqrt(float(centered @ centered) / centered.size),  # population std
         }
         if with_closure:
             metrics["loss"] = -mean

@@ -37,9 +37,15 @@ def _over_std(centered: Tensor, std: Tensor, values: Tensor) -> Tensor:
 
 
 def zscore(scores: Tensor) -> Tensor:
-    """(f - mean) / std (population std); all-equal scores give zeros."""
-    centered = scores - scores.mean()
-    return _over_std(centered, centered.pow(2).mean().sqrt(), scores)
+    """(f - mean) / std (population std); all-equal scores give zeros (a spread within the rounding noise
+    of the mean, 8·n·eps·max|f|, counts as equal: dividing noise by a noise-sized std would amplify it)."""
+    std, mean = torch.std_mean(scores, correction=0)
+    lo, hi = torch.aminmax(scores)
+    mean_f, std_f, lo_f, hi_f = torch.stack([mean, std, lo, hi]).tolist()  # one sync for four numbers
+    noise = 8 * scores.numel() * torch.finfo(scores.dtype).eps * max(abs(lo_f), abs(hi_f))
+    if max(hi_f - mean_f, mean_f - lo_f) <= noise:  # (not std: its square may underflow for tiny scores)
+        return torch.zeros_like(scores)
+    return (scores - mean_f) / (std_f + _EPS)
 
 
 def centered_rank(scores: Tensor) -> Tensor:
