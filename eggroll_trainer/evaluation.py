@@ -128,7 +128,7 @@ def evaluate_batched(
                 f"batched {what} must return {size} values (one per member), got shape {tuple(values.shape)}"
             )
         parts.append(-values if closure is not None else values)
-    return torch.cat(parts)
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def evaluate_center(model: nn.Module, fitness_fn: FitnessFn, batched: bool) -> float:

@@ -17,6 +17,7 @@ Non-finite scores are replaced before shaping by ``finite_or_worst``: they rank 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -115,7 +116,7 @@ def elite_pairs(weights: Tensor, k: int) -> Tensor:
     n = weights.numel()
     if n % 2 or not 1 <= k <= n // 2:
         raise ValueError(f"Invalid elite_k: {k} (needs 1 ≤ elite_k ≤ N/2 = {n / 2:g} with an even N = {n})")
-    pairs = finite_or_worst(weights)[0].view(n // 2, 2)  # (P, 2): row j = (w⁺, w⁻)
+    pairs = clean_scores(weights).view(n // 2, 2)  # (P, 2): row j = (w⁺, w⁻)
     order = torch.argsort(pairs.max(dim=1).values, descending=True, stable=True)  # (P,)
     keep = torch.zeros(n // 2, dtype=torch.bool, device=weights.device)
     keep[order[:k]] = True
@@ -140,10 +141,18 @@ def finite_or_worst(scores: Tensor) -> tuple[Tensor, Tensor]:
     return torch.where(finite, scores, worst), finite
 
 
+def clean_scores(scores: Tensor) -> Tensor:
+    """``scores`` with NaN/±inf ranked worst (``finite_or_worst``); ``scores`` itself when all are finite,
+    found by one reduction: a sum is finite only if every term is (one that overflows takes the long way)."""
+    if math.isfinite(float(scores.sum())):
+        return scores
+    return finite_or_worst(scores)[0]
+
+
 def shape_fitness(scores: Tensor, shaping: ShapingFn, group_size: int = 0, elite_k: int = 0) -> Tensor:
     """The full pipeline: non-finite → worst, shaping, optional group normalisation, then (``elite_k > 0``)
     only the best ``elite_k`` antithetic pairs kept (``elite_pairs``)."""
-    clean, _ = finite_or_worst(scores)
+    clean = clean_scores(scores)
     weights = shaping(clean)
     if weights.shape != clean.shape:
         raise ValueError(

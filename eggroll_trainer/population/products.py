@@ -103,7 +103,7 @@ def _noise_then_product(
     terms would copy b into it, run the GEMM, then pass over it twice more."""
     g, s = plan.groups, plan.mirrors
     n, m = x.shape[-1], plan.a_t.shape[-1]
-    flat = x.reshape(-1, n)  # (R, n)
+    flat = x if x.dim() == 2 else x.reshape(-1, n)  # (R, n)
     rows = flat.shape[0] // (g * s)  # per member
     xb = _x_times_b(flat.view(g, s * rows, n), plan.b)  # (G, S·rows, r): x_i B
     r = xb.shape[-1]
@@ -129,9 +129,9 @@ def _noise_then_product(
         else:
             out = torch.bmm(xb, plan.a_t)
             out.view(g, s, rows, m).add_(member_bias)
-    y = out.view(-1, m)  # (R, out)
+    y = out if out.dim() == 2 else out.view(-1, m)  # (R, out)
     y.addmm_(flat, weight if right else weight.t())
-    return y.view(*x.shape[:-1], m)
+    return y if x.dim() == 2 else y.view(*x.shape[:-1], m)
 
 
 def _x_times_b(x3: Tensor, b: Tensor) -> Tensor:
