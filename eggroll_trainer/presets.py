@@ -22,7 +22,7 @@ __all__ = ["Preset", "ars", "PRESETS", "preset_for"]
 
 @dataclass(frozen=True)
 class Preset:
-    """One task's hyperparameters (the defaults: HalfCheetah's, a linear policy, Adam on centered ranks)."""
+    """One task's hyperparameters (the defaults: a linear policy, Adam on centered ranks)."""
 
     population_size: int = 32
     sigma: float = 0.03
@@ -46,7 +46,9 @@ def ars(directions: int, top: int, alpha: float, nu: float, shift: float, **kw: 
 
 
 PRESETS = {
-    "HalfCheetah": Preset(time_budget=120),  # 3430 after ~1 M steps; Adam on centered ranks
+    # ARS' own (V2-t: 32 directions, top 4, α = 0.02, ν = 0.03). 64 members step 65 envs in lockstep, so it
+    # steps ~1.0x bare here, where Adam on centered ranks with N = 32 stepped 0.84-0.92x and learned slower.
+    "HalfCheetah": ars(32, 4, 0.02, 0.03, 0.0, time_budget=120),
     # ARS' Hopper (8/4/0.01/0.025/1) with twice the directions, kept directions and step: as sample-efficient
     # and faster to step (more envs per lockstep step).
     "Hopper": ars(16, 8, 0.02, 0.025, 1.0),
