@@ -171,3 +171,15 @@ def test_parameter_the_forward_never_uses_warns():
                              batched=True)  # fmt: skip
     with pytest.warns(RuntimeWarning, match="spare.weight, spare.bias never reached"):
         trainer.step()
+
+
+def test_population_mode_knows_every_parameter_and_buffer_of_the_model():
+    from eggroll_trainer.population.mode import _parameters_and_buffers
+
+    model = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3), nn.Linear(3, 3))
+    model[2].weight = model[0].weight  # tied: listed twice, under its last name
+    names, params, buffers = _parameters_and_buffers(model)
+    expected = {id(p): name for name, p in model.named_parameters(remove_duplicate=False)}
+    assert names == expected and names[id(model[0].weight)] == "2.weight"
+    assert params == {id(p): p for p in model.parameters()}
+    assert buffers == {id(b) for b in model.buffers()} and len(buffers) == 3  # mean, var, batches tracked

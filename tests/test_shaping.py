@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from eggroll_trainer import VanillaESTrainer, centered_rank, elite_pairs, group_normalize, raw, zscore
-from eggroll_trainer.shaping import finite_or_worst, resolve_shaping, shape_fitness
+from eggroll_trainer.shaping import clean_scores, finite_or_worst, resolve_shaping, shape_fitness
 
 T = lambda *v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
 
@@ -43,6 +43,22 @@ def test_nan_and_inf_rank_worst():
     assert clean[1] < 1.0 and clean[3] < 1.0 and clean[4] < 1.0
     ranks = centered_rank(clean)
     assert ranks[2] == 0.5 and ranks[0] > ranks[1]
+
+
+def test_clean_scores_is_the_input_when_finite_and_ranks_non_finite_worst():
+    scores = T(1.0, 2.0, 3.0)
+    assert clean_scores(scores) is scores  # nothing to replace: no copy
+    dirty = T(1.0, float("nan"), 3.0, float("-inf"))
+    torch.testing.assert_close(clean_scores(dirty), finite_or_worst(dirty)[0])
+    huge = torch.tensor([1e308, 1e308, -1.0], dtype=torch.float64)  # finite, but the sum overflows
+    assert torch.equal(clean_scores(huge), huge)
+
+
+def test_zscore_matches_the_two_pass_formula():
+    scores = torch.tensor([3.0, -1.0, 7.5, 0.25, 2.0], dtype=torch.float64)
+    centered = scores - scores.mean()
+    torch.testing.assert_close(zscore(scores), centered / (centered.pow(2).mean().sqrt() + 1e-8))
+    assert torch.equal(zscore(torch.full((6,), 0.1)), torch.zeros(6))  # equal up to rounding: zeros
 
 
 def test_unknown_shaping_name_is_an_error():

@@ -92,9 +92,15 @@ def test_step_metrics():
     x, y = make_data()
     model = make_model()
     trainer = EGGROLLTrainer(model.parameters(), model=model, fitness_fn=neg_mse(x, y), population_size=8, seed=0)
+    scores = []
+    trainer.fitness_fn = lambda m: scores.append(neg_mse(x, y)(m)) or scores[-1]
     metrics = trainer.step()
     assert set(metrics) >= {"generation", "mean_fitness", "best_fitness", "std_fitness"}
     assert metrics["best_fitness"] >= metrics["mean_fitness"]
+    values = torch.tensor(scores, dtype=torch.float64)  # every member's score, as the trainer saw them
+    assert metrics["mean_fitness"] == pytest.approx(float(values.mean()), rel=1e-12)
+    assert metrics["best_fitness"] == float(values.max())
+    assert metrics["std_fitness"] == pytest.approx(float(values.std(unbiased=False)), rel=1e-9)
 
 
 def test_closure_in_a_plain_pytorch_loop():
