@@ -26,7 +26,7 @@ from .best import best_member
 from .estimate import check_finite
 from .evaluation import check_scores
 from .noise import ParamNoise, member_pairs
-from .shaping import ShapingFn, finite_or_worst, shape_fitness
+from .shaping import ShapingFn, clean_scores, shape_fitness
 
 if TYPE_CHECKING:
     from .base import ESTrainer
@@ -103,7 +103,7 @@ def flat_generation(
     finally:
         vector_to_parameters(theta, params)
     finite = check_scores(scores, trainer.generation)
-    clean, _ = finite_or_worst(scores)
+    clean = clean_scores(scores)
     member = best_member(scores, trainer.best_fitness)
     best = None
     if member is not None:

@@ -28,23 +28,29 @@ ShapingFn = Callable[[Tensor], Tensor]
 _EPS = 1e-8
 
 
+def _within_rounding(spread: float, magnitude: float, n: int, dtype: torch.dtype) -> bool:
+    """Whether a spread around the mean, ``max|f - mean|``, is rounding noise: the mean of n equal values is
+    only exact to ~n ulps (8·n·eps·max|f|), and dividing that noise by a noise-sized std would amplify it.
+    (The spread, not the std: the std's square may underflow for tiny, distinct scores.)"""
+    return spread <= 8 * n * torch.finfo(dtype).eps * magnitude
+
+
 def _over_std(centered: Tensor, std: Tensor, values: Tensor) -> Tensor:
-    """centered / std — or zeros when the spread is rounding noise (equal scores: the mean of n equal
-    values is only exact to ~n ulps, and dividing that noise by a noise-sized std would amplify it)."""
-    noise = 8 * values.numel() * torch.finfo(values.dtype).eps * values.abs().max()
-    if centered.abs().max() <= noise:  # (not std: its square may underflow for tiny, distinct scores)
+    """centered / std — or zeros when the spread is rounding noise (``_within_rounding``)."""
+    spread, magnitude = torch.stack([centered.abs().max(), values.abs().max()]).tolist()  # one sync
+    if _within_rounding(spread, magnitude, values.numel(), values.dtype):
         return torch.zeros_like(centered)
     return centered / (std + _EPS)
 
 
 def zscore(scores: Tensor) -> Tensor:
-    """(f - mean) / std (population std); all-equal scores give zeros (a spread within the rounding noise
-    of the mean, 8·n·eps·max|f|, counts as equal: dividing noise by a noise-sized std would amplify it)."""
+    """(f - mean) / std (population std); all-equal scores give zeros (up to rounding: ``_within_rounding``)."""
     std, mean = torch.std_mean(scores, correction=0)
     lo, hi = torch.aminmax(scores)
     mean_f, std_f, lo_f, hi_f = torch.stack([mean, std, lo, hi]).tolist()  # one sync for four numbers
-    noise = 8 * scores.numel() * torch.finfo(scores.dtype).eps * max(abs(lo_f), abs(hi_f))
-    if max(hi_f - mean_f, mean_f - lo_f) <= noise:  # (not std: its square may underflow for tiny scores)
+    if _within_rounding(
+        max(hi_f - mean_f, mean_f - lo_f), max(abs(lo_f), abs(hi_f)), scores.numel(), scores.dtype
+    ):
         return torch.zeros_like(scores)
     return (scores - mean_f) / (std_f + _EPS)
 
