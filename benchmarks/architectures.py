@@ -24,10 +24,8 @@ Writes ``benchmarks/results/architectures.md`` (included by docs/benchmarks.md) 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -37,12 +35,11 @@ from pathlib import Path
 
 import torch
 import transformers
+from common import RESULTS, interleaved, machine, peak_rss_bytes, timed_repeats, write_csv
 from torch import nn
 
-import eggroll_trainer
 from eggroll_trainer import EGGROLLTrainer, current_population
 
-RESULTS = Path(__file__).resolve().parent / "results"
 K, SEQ, VOCAB, WIDTH = 64, 32, 1000, 128
 GENERATION_GOAL, FORWARD_GOAL = 2.5, 0.8
 
@@ -121,11 +118,7 @@ class Task:
         t0 = time.perf_counter()
         logits = self.logits(model, self.x)
         self.forward_s.append(time.perf_counter() - t0)
-        for i in range(self.repeats):  # steady state: the same context, noise views in place, caches warm
-            t0 = time.perf_counter()
-            self.logits(model, self.x)
-            if i:  # the second forward builds the per-member biases that the later ones reuse
-                self.steady_s.append(time.perf_counter() - t0)
+        timed_repeats(lambda: self.logits(model, self.x), self.repeats, self.steady_s)  # steady state
         return -self.loss(logits)
 
     def plain_forward(self, model: nn.Module) -> None:
@@ -150,24 +143,20 @@ def setup(name: str) -> tuple[nn.Module, Task, EGGROLLTrainer]:
 def bench(threads: int, reps: int) -> list[dict]:
     torch.set_num_threads(threads)
     cases = [setup(name) for name in ARCHITECTURES]
-    timings = {
-        name: {"forward": [], "plain": [], "generation": [], "forward_again": []} for name in ARCHITECTURES
-    }
-    for model, task, trainer in cases:  # warm-up: noise table, first-call caches
-        task.plain(model)
+    fns = {}  # per repetition, per model: plain forward, plain inference + score, generation
+    for (model, task, trainer), name in zip(cases, ARCHITECTURES):
+        task.plain(model)  # warm-up: noise table, first-call caches
         trainer.step()
         task.forward_s.clear()
-    for _ in range(reps):
-        for (model, task, trainer), name in zip(cases, ARCHITECTURES):
-            t0 = time.perf_counter()
-            task.plain_forward(model)
-            t1 = time.perf_counter()
-            task.plain(model)
-            t2 = time.perf_counter()
-            trainer.step()
-            t3 = time.perf_counter()
-            for key, seconds in (("forward", t1 - t0), ("plain", t2 - t1), ("generation", t3 - t2)):
-                timings[name][key].append(seconds)
+        fns[name, "forward"] = lambda model=model, task=task: task.plain_forward(model)
+        fns[name, "plain"] = lambda model=model, task=task: task.plain(model)
+        fns[name, "generation"] = trainer.step
+    timed = interleaved(fns, reps, warmup=0)
+    timings = {
+        name: {key: timed[name, key] for key in ("forward", "plain", "generation")} for name in ARCHITECTURES
+    }
+    for name in ARCHITECTURES:
+        timings[name]["forward_again"] = []  # plain forwards beside the steady population forwards, below
     for (model, task, trainer), name in zip(cases, ARCHITECTURES):  # steady-state population forwards
         task.repeats = 3  # the first repeat (the call's second forward) is not timed
         for _ in range(reps):
@@ -200,27 +189,14 @@ def bench(threads: int, reps: int) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------------- memory
-def _rss() -> dict[str, int]:
-    with open("/proc/self/status") as f:
-        fields = dict(line.split(":", 1) for line in f if line.startswith(("VmRSS:", "VmHWM:")))
-    return {k: int(v.split()[0]) * 1024 for k, v in fields.items()}
-
-
-def _peak_bytes(fn: Callable[[], None]) -> int:
-    """Peak resident memory added while ``fn`` runs (Linux: reset the high-water mark, run, read it)."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    base = _rss()["VmRSS"]
-    fn()
-    return _rss()["VmHWM"] - base
-
-
 def memory_child(name: str) -> None:
     model, task, trainer = setup(name)
     task.plain(model)
     trainer.step()
     print(
-        json.dumps({"plain": _peak_bytes(lambda: task.plain(model)), "generation": _peak_bytes(trainer.step)})
+        json.dumps(
+            {"plain": peak_rss_bytes(lambda: task.plain(model)), "generation": peak_rss_bytes(trainer.step)}
+        )
     )
 
 
@@ -236,34 +212,16 @@ def memory() -> dict[str, dict]:
     return out
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        cpu = next(
-            line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")
-        )
-    except (OSError, StopIteration):
-        pass
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return (f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, transformers "
-            f"{transformers.__version__}, eggroll-trainer {eggroll_trainer.__version__}; load average at start {load}")  # fmt: skip
-
-
 def write(rows: list[dict], mem: dict[str, dict], header: str, elapsed: float, reps: int) -> Path:
-    RESULTS.mkdir(exist_ok=True)
-    with open(RESULTS / "architectures.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[*rows[0], "generation_peak_MB", "plain_peak_MB"])
-        writer.writeheader()
-        for r in rows:
-            m = mem.get(r["model"], {})
-            writer.writerow(
-                {
-                    **r,
-                    "generation_peak_MB": m.get("generation", 0) / 1e6,
-                    "plain_peak_MB": m.get("plain", 0) / 1e6,
-                }
-            )
+    csv_rows = [
+        {
+            **r,
+            "generation_peak_MB": mem.get(r["model"], {}).get("generation", 0) / 1e6,
+            "plain_peak_MB": mem.get(r["model"], {}).get("plain", 0) / 1e6,
+        }
+        for r in rows
+    ]
+    write_csv(RESULTS / "architectures.csv", csv_rows)
     lines = [
         f"**Population mode on real architectures.** `python benchmarks/architectures.py --reps {reps}` "
         f"({elapsed / 60:.1f} min) on {header}.",
@@ -315,7 +273,7 @@ def main() -> None:
         memory_child(args.memory_child)
         return
     start = time.perf_counter()
-    header = machine()
+    header = machine(transformers=transformers.__version__)
     print(header, flush=True)
     rows = [row for threads in args.threads for row in bench(threads, args.reps)]
     mem = memory() if args.memory else {}

@@ -4,13 +4,18 @@ Scripts in ``benchmarks/`` run as ``python benchmarks/<name>.py``, so this file 
 
     from common import RESULTS, machine, median_time, interleaved, median_ratio, peak_rss_bytes, write_csv
 
-* ``machine()``: one line naming the CPU, logical CPUs, torch (and its threads), Python, eggroll-trainer and
-  the load average now, for the caption of every result file: on a shared machine figures move with load.
+* ``machine(**versions)``: one line naming the CPU, logical CPUs, torch (and its threads), Python,
+  eggroll-trainer, any other package versions given, and the load average now, for the caption of every
+  result file: on a shared machine figures move with load.
 * ``times(fn, reps)`` / ``median_time(fn, reps)``: seconds per call, after a warm-up call, for each of
   ``reps`` repetitions of ``calls`` back-to-back calls / their median.
 * ``interleaved(fns, reps)``: the same for several functions, repetitions as the outer loop, so a burst of
   load from other processes spoils one repetition of each rather than every repetition of one;
   ``median_ratio(a, b)`` then compares two of them repetition by repetition.
+* ``Case`` / ``round_robin(cases, reps)``: the same for pairs (plain inference, then a candidate), with
+  per-case call counts and slow cases timed in every k-th repetition only.
+* ``timed_repeats(fn, repeats, out)``: call ``fn`` again inside a fitness function and record the steady
+  per-call time (the first repeat, which builds per-call caches, untimed).
 * ``peak_rss_bytes(fn)``: resident memory added at the peak of ``fn`` (Linux: resets the high-water mark).
 * ``write_csv(path, rows)``, ``markdown_table(header, rows)``, ``write_markdown(path, lines)``.
 """
@@ -24,6 +29,7 @@ import statistics
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +40,9 @@ import eggroll_trainer
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def machine() -> str:
-    """``"<CPU model>, <n> logical CPUs, torch <v> (<t> threads), Python <v>, eggroll-trainer <v>; load ..."``."""
+def machine(**versions: str) -> str:
+    """``"<CPU model>, <n> logical CPUs, torch <v> (<t> threads), Python <v>, eggroll-trainer <v>[, <name> <v>
+    for each keyword]; load ..."``; ``machine(transformers=transformers.__version__)`` names one more package."""
     model = platform.processor() or platform.machine()
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
@@ -45,9 +52,10 @@ def machine() -> str:
     except (OSError, StopIteration):
         pass
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    more = "".join(f", {name} {version}" for name, version in versions.items())
     return (
         f"{model}, {os.cpu_count()} logical CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-        f"Python {platform.python_version()}, eggroll-trainer {eggroll_trainer.__version__}; "
+        f"Python {platform.python_version()}, eggroll-trainer {eggroll_trainer.__version__}{more}; "
         f"load average at start {load}"
     )
 
@@ -64,16 +72,17 @@ def median_time(fn: Callable[[], Any], reps: int, calls: int = 1, warmup: int = 
 
 
 def interleaved(
-    fns: Mapping[str, Callable[[], Any]], reps: int, calls: int | Mapping[str, int] = 1, warmup: int = 1
-) -> dict[str, list[float]]:
+    fns: Mapping[Any, Callable[[], Any]], reps: int, calls: int | Mapping[Any, int] = 1, warmup: int = 1
+) -> dict[Any, list[float]]:
     """Seconds per call of every function, one entry per repetition; repetitions are the outer loop.
 
-    ``calls`` may differ per function (a mapping by name), e.g. more calls for a fast baseline."""
+    ``fns`` is keyed by any hashable name (a string, a ``(model, what)`` tuple); ``calls`` may differ per
+    function (a mapping by name), e.g. more calls for a fast baseline."""
     per = {name: calls[name] if isinstance(calls, Mapping) else calls for name in fns}
     for fn in fns.values():
         for _ in range(warmup):
             fn()
-    out: dict[str, list[float]] = {name: [] for name in fns}
+    out: dict[Any, list[float]] = {name: [] for name in fns}
     for _ in range(reps):
         for name, fn in fns.items():
             t0 = time.perf_counter()
@@ -86,6 +95,54 @@ def interleaved(
 def median_ratio(num: Sequence[float], den: Sequence[float]) -> float:
     """Median of the per-repetition ratios num[i] / den[i] (both timed under the same load)."""
     return statistics.median(a / b for a, b in zip(num, den))
+
+
+@dataclass
+class Case:
+    """One configuration to time against plain inference of the same rows: ``fn`` runs ``calls`` times per
+    repetition (in every ``every``-th repetition only, for slow cases)."""
+
+    name: str
+    plain: Callable[[], Any]
+    fn: Callable[[], Any]
+    calls: int
+    every: int = 1
+    plain_s: list[float] = field(default_factory=list)
+    fn_s: list[float] = field(default_factory=list)
+
+
+def round_robin(cases: Sequence[Case], reps: int, plain_calls: int = 5) -> None:
+    """Time every case in every repetition, plain inference first, then the case.
+
+    Repetitions are the outer loop, so a burst of load from other processes hits one repetition of every
+    case rather than every repetition of one case, and each ratio compares two timings taken under the
+    same load. Fills ``plain_s`` and ``fn_s`` (seconds per call, one entry per timed repetition)."""
+    for case in cases:  # warm-up
+        case.plain()
+        case.fn()
+    for rep in range(reps):
+        for case in cases:
+            if rep % case.every:
+                continue
+            for fn, calls, out in ((case.plain, plain_calls, case.plain_s), (case.fn, case.calls, case.fn_s)):
+                t0 = time.perf_counter()
+                for _ in range(calls):
+                    fn()
+                out.append((time.perf_counter() - t0) / calls)
+
+
+def timed_repeats(fn: Callable[[], Any], repeats: int, out: list[float]) -> None:
+    """Call ``fn`` ``repeats`` times and append the seconds of every call but the first to ``out``.
+
+    Inside a fitness function these are a population forward's steady per-call cost: the layers' noise
+    views are in place after the generation's own forward, the first repeat (the call's second forward)
+    builds the members' biases the later ones reuse, and the caches are as warm as for back-to-back plain
+    inference — what a fitness that calls the model many times per generation (an RL rollout) pays."""
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        if i:
+            out.append(time.perf_counter() - t0)
 
 
 # ------------------------------------------------------------------------------------------- memory

@@ -48,7 +48,7 @@ from pathlib import Path
 from types import ModuleType
 
 import torch
-from common import RESULTS, machine, median_ratio
+from common import RESULTS, Case, machine, median_ratio, peak_rss_bytes, round_robin, timed_repeats
 from torch import nn
 
 import eggroll_trainer
@@ -113,10 +113,8 @@ class Fitness:
     """−MSE of every member's output row against a fixed target; records the time of each model call.
 
     ``batched``: population mode, member i sees row i; with ``repeats`` > 0 it runs that many more
-    forwards and times them in ``steady_s`` — from the third forward of a call on, the per-call cost once the
-    layers' noise views and members' biases are in place (the second forward builds the biases it keeps) and
-    the caches are as warm as for back-to-back plain inference (a fitness that calls the model many times
-    per generation, an RL rollout say, pays this). ``one_row``: one member per call (sequential
+    forwards and times all but the first of them in ``steady_s`` (``common.timed_repeats``: the steady
+    per-call cost). ``one_row``: one member per call (sequential
     evaluation, and eggroll-trainer 0.1.0), rows taken in member order — the same rows, the same model."""
 
     def __init__(self, widths: tuple[int, ...], population: int, repeats: int = 0) -> None:
@@ -134,11 +132,7 @@ class Fitness:
         t0 = time.perf_counter()
         out = model(x)
         self.forward_s.append(time.perf_counter() - t0)
-        for i in range(self.repeats):
-            t0 = time.perf_counter()
-            model(x)
-            if i:  # the second forward builds the members' biases that the later ones reuse
-                self.steady_s.append(time.perf_counter() - t0)
+        timed_repeats(lambda: model(x), self.repeats, self.steady_s)
         return -((out - y) ** 2).mean(-1)  # (N,)
 
     @torch.no_grad()
@@ -152,40 +146,6 @@ class Fitness:
 
 
 # ------------------------------------------------------------------------------------------- timing
-@dataclass
-class Case:
-    """One configuration to time against plain inference of the same rows: ``fn`` runs ``calls`` times per
-    repetition (in every ``every``-th repetition only, for slow cases)."""
-
-    name: str
-    plain: Callable[[], None]
-    fn: Callable[[], None]
-    calls: int
-    every: int = 1
-    plain_s: list[float] = field(default_factory=list)
-    fn_s: list[float] = field(default_factory=list)
-
-
-def round_robin(cases: list[Case], reps: int, plain_calls: int = 5) -> None:
-    """Time every case in every repetition, plain inference first, then the case.
-
-    Repetitions are the outer loop, so a burst of load from other processes hits one repetition of every
-    case rather than every repetition of one case, and each ratio compares two timings taken under the
-    same load. Fills ``plain_s`` and ``fn_s`` (seconds per call, one entry per timed repetition)."""
-    for case in cases:  # warm-up
-        case.plain()
-        case.fn()
-    for rep in range(reps):
-        for case in cases:
-            if rep % case.every:
-                continue
-            for fn, calls, out in ((case.plain, plain_calls, case.plain_s), (case.fn, case.calls, case.fn_s)):
-                t0 = time.perf_counter()
-                for _ in range(calls):
-                    fn()
-                out.append((time.perf_counter() - t0) / calls)
-
-
 def plain_inference(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
     def run() -> None:
         with torch.no_grad():
@@ -228,25 +188,6 @@ def load_old_package(version: str) -> ModuleType:
 
 
 # ------------------------------------------------------------------------------------------- memory
-def _rss() -> dict[str, int]:
-    out = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(("VmRSS:", "VmHWM:")):
-                key, value = line.split(":")
-                out[key] = int(value.split()[0]) * 1024
-    return out
-
-
-def _peak_bytes(fn: Callable[[], None]) -> int:
-    """Peak resident memory added while ``fn`` runs (Linux: reset the high-water mark, run, read it)."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    base = _rss()["VmRSS"]
-    fn()
-    return _rss()["VmHWM"] - base
-
-
 def memory_child(cfg: dict) -> None:
     """One configuration in a fresh process (large blocks mmapped, so freed memory leaves RSS)."""
     if cfg["threads"]:
@@ -262,8 +203,8 @@ def memory_child(cfg: dict) -> None:
     plain()
     trainer.step()  # warm-up: builds the noise table, first-call caches
     result = {
-        "plain": _peak_bytes(plain),
-        "generation": _peak_bytes(trainer.step),
+        "plain": peak_rss_bytes(plain),
+        "generation": peak_rss_bytes(trainer.step),
         "table": noise_table(SEED, trainer.noise_table_size, torch.device("cpu"), torch.float32).numel() * 4,
     }
     print(json.dumps(result))
