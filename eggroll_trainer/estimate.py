@@ -102,7 +102,7 @@ def unproven(
     nothing is NaN, so $\hat g_j$ is finite without a pass over its $m\times n$ values; the others (an
     unknown table bound, huge raw fitnesses, half precision) are left to
     [`check_finite`][eggroll_trainer.estimate.check_finite]."""
-    total = float(np.abs(weights.detach().cpu().numpy()).sum())  # inf or nan if some weight is: nothing proven
+    total = float(np.abs(weights.detach().cpu().numpy()).sum())  # inf or nan if any weight is: none proven
     left = []
     for g, noise, sigma in zip(grads, noises, sigmas):
         if g is None:

@@ -80,7 +80,9 @@ def test_converges_on_a_small_regression(batched):
 def test_generation_counts_steps_and_train_calls():
     x, y = make_data()
     model = make_model()
-    trainer = EGGROLLTrainer(model.parameters(), model=model, fitness_fn=neg_mse(x, y), population_size=8, seed=0)
+    trainer = EGGROLLTrainer(
+        model.parameters(), model=model, fitness_fn=neg_mse(x, y), population_size=8, seed=0
+    )
     trainer.step()
     result = trainer.train(5, verbose=False)
     assert trainer.generation == 6 and result["generation"] == 6
@@ -91,7 +93,9 @@ def test_generation_counts_steps_and_train_calls():
 def test_step_metrics():
     x, y = make_data()
     model = make_model()
-    trainer = EGGROLLTrainer(model.parameters(), model=model, fitness_fn=neg_mse(x, y), population_size=8, seed=0)
+    trainer = EGGROLLTrainer(
+        model.parameters(), model=model, fitness_fn=neg_mse(x, y), population_size=8, seed=0
+    )
     scores = []
     trainer.fitness_fn = lambda m: scores.append(neg_mse(x, y)(m)) or scores[-1]
     metrics = trainer.step()
@@ -147,7 +151,9 @@ def test_step_without_closure_or_fitness_is_an_error():
 def test_fitness_fn_is_assignable():
     x, y = make_data()
     model = make_model()
-    trainer = EGGROLLTrainer(model.parameters(), model=model, fitness_fn=lambda m: 0.0, population_size=4, seed=0)
+    trainer = EGGROLLTrainer(
+        model.parameters(), model=model, fitness_fn=lambda m: 0.0, population_size=4, seed=0
+    )
     trainer.fitness_fn = neg_mse(x, y)
     assert trainer.step()["mean_fitness"] < 0
 

@@ -84,7 +84,7 @@ class ProductNoise:
     sigma_b: float = 0.0
     # built for the call's later forwards (``products``):
     member_bias: Tensor | None = None  # (G, S, 1, out): b + σ_b s_i β, kept from the second forward on
-    forwards: int = 0  # forwards that built the members' bias (the first writes its output into it)
+    built_bias: bool = False  # a forward of this call built the members' bias (the first writes into it)
     stacked: Tensor | None = None  # (G, r + 1, out): [Aᵀ ; β]
 
 

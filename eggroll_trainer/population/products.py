@@ -179,8 +179,8 @@ def _member_biases(plan: ProductNoise, bias: Tensor) -> tuple[Tensor, bool]:
         )
     else:  # the sign is folded into β
         values = torch.add(bias, beta, alpha=plan.sigma_b)
-    plan.forwards += 1
-    if plan.forwards == 1 or values.numel() > _MEMBER_BIAS_VALUES:
+    first, plan.built_bias = not plan.built_bias, True
+    if first or values.numel() > _MEMBER_BIAS_VALUES:
         return values, True
     plan.member_bias = values
     return values, False
