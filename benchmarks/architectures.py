@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 import transformers
-from common import RESULTS, interleaved, machine, peak_rss_bytes, timed_repeats, write_csv
+from common import RESULTS, interleaved, machine, peak_rss_bytes, timed_repeats, write_csv, write_markdown
 from torch import nn
 
 from eggroll_trainer import EGGROLLTrainer, current_population
@@ -258,7 +258,7 @@ def write(rows: list[dict], mem: dict[str, dict], header: str, elapsed: float, r
         f"Memory: peak RSS added by one step after a warm-up, one subprocess per model, {torch.get_num_threads()} thread(s).",
     ]
     path = RESULTS / "architectures.md"
-    path.write_text("\n".join(lines) + "\n")
+    write_markdown(path, lines)
     return path
 
 

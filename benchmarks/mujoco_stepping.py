@@ -20,6 +20,7 @@ from pathlib import Path
 os.environ.setdefault("MUJOCO_GL", "disable")  # stepping needs no OpenGL
 import gymnasium as gym
 import numpy as np
+from common import write_markdown
 
 from eggroll_trainer.rl import LockstepEnvs, bare_steps_per_s
 
@@ -102,8 +103,7 @@ def main() -> None:
     ]
     for name, values in rates.items():
         lines.append(f"| {name} | {np.median(values):,.0f} | {min(values):,.0f} | {max(values):,.0f} |")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines) + "\n")
+    write_markdown(Path(args.out), lines)
     print("\n".join(lines))
 
 

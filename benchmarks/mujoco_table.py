@@ -37,6 +37,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from common import write_markdown
 
 from eggroll_trainer.presets import preset_for
 
@@ -215,7 +216,7 @@ def main() -> None:
             )
     lines += ["", "Medians over the seeds listed per task; a seed that never reached the threshold counts as never. Curves: "
               "`mujoco_curves.png`."]  # fmt: skip
-    (out_dir / "mujoco_table.md").write_text("\n".join(lines) + "\n")
+    write_markdown(out_dir / "mujoco_table.md", lines)
     print("\n".join(lines))
 
     fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.6), squeeze=False)

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import csv
 import importlib
 import json
 import os
@@ -42,13 +41,23 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from types import ModuleType
 
 import torch
-from common import RESULTS, Case, machine, median_ratio, peak_rss_bytes, round_robin, timed_repeats
+from common import (
+    RESULTS,
+    Case,
+    machine,
+    median_ratio,
+    peak_rss_bytes,
+    round_robin,
+    timed_repeats,
+    write_csv,
+    write_markdown,
+)
 from torch import nn
 
 import eggroll_trainer
@@ -384,17 +393,9 @@ def write_results(args: Args, rows: list[Row], memory: list[dict], header: str, 
     if args.threads:
         cmd += f" --threads {args.threads}"
         stem += f"_t{args.threads}"
-    with open(args.out_dir / f"{stem}.csv", "w", newline="") as f:
-        fields = [k for k in Row.__dataclass_fields__ if k != "notes"] + ["notes"]
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({**{k: getattr(r, k) for k in fields[:-1]}, "notes": "; ".join(r.notes)})
+    write_csv(args.out_dir / f"{stem}.csv", [asdict(r) | {"notes": "; ".join(r.notes)} for r in rows])
     if memory:
-        with open(args.out_dir / f"{stem}_memory.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(memory[0]))
-            writer.writeheader()
-            writer.writerows(memory)
+        write_csv(args.out_dir / f"{stem}_memory.csv", memory)
 
     def num(x: float | None, fmt: str) -> str:
         return "—" if x is None else format(x, fmt)
@@ -446,7 +447,7 @@ def write_results(args: Args, rows: list[Row], memory: list[dict], header: str, 
     if notes:
         lines += ["", "Notes: " + "; ".join(notes) + "."]
     path = args.out_dir / f"{stem}.md"
-    path.write_text("\n".join(lines) + "\n")
+    write_markdown(path, lines)
     if memory:
         lines = [
             f"**Peak memory of a generation.** {caption} Peak RSS added by one `trainer.step()` (batched, "
@@ -462,7 +463,7 @@ def write_results(args: Args, rows: list[Row], memory: list[dict], header: str, 
                 f"| {m['model']} | {m['N']} | {m['rank']} | {m['chunk'] or '—'} | {m['generation_peak_MB']:.1f} | "
                 f"{m['plain_peak_MB']:.1f} | {m['theta_MB']:.1f} | {m['factors_MB']:.1f} | {m['table_MB']:.0f} |"
             )
-        (args.out_dir / f"{stem}_memory.md").write_text("\n".join(lines) + "\n")
+        write_markdown(args.out_dir / f"{stem}_memory.md", lines)
     return path
 
 
