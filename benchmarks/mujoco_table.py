@@ -39,7 +39,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from common import write_markdown
 
-from eggroll_trainer.presets import preset_for
+from eggroll_trainer.rl.presets import preset_for
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "mujoco_agent.py"

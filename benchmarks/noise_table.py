@@ -41,7 +41,7 @@ from torch.nn.functional import cosine_similarity
 
 from eggroll_trainer import EGGROLLTrainer, current_population
 from eggroll_trainer.noise import NoiseSpec, ParamNoise, num_pairs
-from eggroll_trainer.table import default_table_size, hash_key, noise_table
+from eggroll_trainer.noise.table import default_table_size, hash_key, noise_table
 
 WIDTHS = (16, 32, 32, 4)
 CHUNK = 4096  # members per population-mode call (bounded memory at large N)

@@ -62,7 +62,7 @@ from torch import nn
 
 import eggroll_trainer
 from eggroll_trainer import EGGROLLTrainer, current_population
-from eggroll_trainer.table import noise_table
+from eggroll_trainer.noise.table import noise_table
 
 SIGMA, LR, SEED = 0.01, 0.01, 0
 

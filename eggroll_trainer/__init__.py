@@ -1,10 +1,10 @@
 """eggroll-trainer: Evolution Strategies for PyTorch, built around EGGROLL (arXiv 2511.16652)."""
 
-from .base import ESTrainer
-from .eggroll import EGGROLLTrainer
 from .population import PopulationInfo, current_population
 from .shaping import centered_rank, elite_pairs, group_normalize, raw, zscore
-from .vanilla import VanillaESTrainer
+from .trainers.base import ESTrainer
+from .trainers.eggroll import EGGROLLTrainer
+from .trainers.vanilla import VanillaESTrainer
 
 __all__ = [
     "ESTrainer",

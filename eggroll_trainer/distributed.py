@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .table import hash_key
+from .noise.table import hash_key
 
 logger = logging.getLogger(__name__)
 

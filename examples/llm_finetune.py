@@ -8,7 +8,7 @@ the skill is there, the habit is not — the kind of change a low-rank ES search
 
 Each generation: P training prompts; the N members' completions come from **one batched ``generate``**
 (N·P rows, member-major, KV cache, greedy); the reward gives 1 for the exact sum and partial credit for
-right-aligned digits; per-prompt baselines (``eggroll_trainer.lm.PromptBaseline``) shape the fitness;
+right-aligned digits; per-prompt baselines (``eggroll_trainer.llm.fitness.PromptBaseline``) shape the fitness;
 ``EGGROLLTrainer`` perturbs the ``--target-modules`` matrices at rank r. Held-out accuracy (exact match,
 the same greedy decoding) is measured before, during and after.
 
@@ -40,8 +40,8 @@ import torch
 import tyro
 
 from eggroll_trainer import EGGROLLTrainer
-from eggroll_trainer.hf import load_causal_lm, save_model, select_targets
-from eggroll_trainer.lm import PromptBaseline, RewardFitness
+from eggroll_trainer.llm.fitness import PromptBaseline, RewardFitness
+from eggroll_trainer.llm.models import load_causal_lm, save_model, select_targets
 
 
 @dataclass
@@ -285,7 +285,7 @@ def main() -> None:
         args=dataclasses.asdict(args),
     )  # fmt: skip
     if args.save_model:
-        from eggroll_trainer.lora import export_lora
+        from eggroll_trainer.llm.lora import export_lora
 
         save_model(model, tokenizer, out / "model")
         errors = export_lora(

@@ -4,11 +4,11 @@ Each generation the N members and the unperturbed ("center") policy θ play one 
 step the members' observations (N, obs_dim) go through the policy in population mode in one call.
 ``PopulationRollout`` masks finished members, normalises observations (running mean/std shared by the
 population, frozen during a generation) and subtracts the alive bonus from the training fitness, never from
-the logged returns; ``EGGROLLTrainer`` moves θ with the task's preset (``eggroll_trainer.presets``: Adam on
+the logged returns; ``EGGROLLTrainer`` moves θ with the task's preset (``eggroll_trainer.rl.presets``: Adam on
 centered ranks, or ARS' top-b pairs and SGD). ``eval_return`` is the center's return. Outputs in
 ``--output-dir``: ``metrics.csv``, ``learning_curve.png``, ``summary.json``, ``policy.pt`` (a plain
 ``nn.Sequential``, normaliser included: ``torch.load(path, weights_only=False)(obs)``) and, with ``--gif``,
-``policy.gif`` (``eggroll_trainer.render``).
+``policy.gif`` (``eggroll_trainer.rl.render``).
 
     python examples/mujoco_agent.py --env-id Hopper-v5 --time-budget 600 --gif
     torchrun --standalone --nproc_per_node=2 examples/mujoco_agent.py --num-workers 0  # two processes share N
@@ -28,7 +28,7 @@ from pathlib import Path
 
 # MuJoCo picks its OpenGL backend when it is imported, and a broken one (MUJOCO_GL=osmesa without libOSMesa)
 # fails the import. Stepping needs no OpenGL: import with rendering off; `save_gif` tries your choice (else EGL,
-# then OSMesa) in child processes (eggroll_trainer.render).
+# then OSMesa) in child processes (eggroll_trainer.rl.render).
 os.environ["GIF_MUJOCO_GL"] = os.environ.get("GIF_MUJOCO_GL", os.environ.get("MUJOCO_GL", ""))
 os.environ["MUJOCO_GL"] = "disable"
 import gymnasium as gym
@@ -45,9 +45,9 @@ from tqdm.auto import tqdm
 
 from eggroll_trainer import EGGROLLTrainer
 from eggroll_trainer.distributed import any_rank, init_from_torchrun, world
-from eggroll_trainer.presets import Preset, preset_for
-from eggroll_trainer.render import save_gif
 from eggroll_trainer.rl import PopulationRollout, bare_steps_per_s
+from eggroll_trainer.rl.presets import Preset, preset_for
+from eggroll_trainer.rl.render import save_gif
 
 GL_BACKENDS = [os.environ["GIF_MUJOCO_GL"]] if os.environ["GIF_MUJOCO_GL"] else ["egl", "osmesa"]
 # Every MuJoCo v5 model compiles with a deprecated 'settotalmass' attribute, once per environment.
@@ -65,7 +65,7 @@ class Args:
     output_dir: str | None = None  # where outputs go (unset: runs/{env}__mujoco_agent__{seed}__{time})
     gif: bool = False  # render the trained policy to policy.gif (offscreen: MUJOCO_GL=egl or osmesa)
     gif_seconds: float = 10.0  # simulated seconds in the GIF (≥ 20 frames per simulated second)
-    # Hyperparameters: unset ones come from the task's preset (eggroll_trainer.presets.PRESETS).
+    # Hyperparameters: unset ones come from the task's preset (eggroll_trainer.rl.presets.PRESETS).
     population_size: int | None = None  # members N per generation, N/2 antithetic pairs
     sigma: float | None = None  # noise scale σ
     lr: float | None = None  # learning rate on the ES estimate

@@ -1,13 +1,13 @@
-"""eggroll_trainer.best: the best member is found, rebuilt exactly, copied into a model and reloaded."""
+"""eggroll_trainer.trainers.best: the best member is found, rebuilt exactly, copied into a model and reloaded."""
 
 import math
 
 import torch
 from torch import nn
 
-from eggroll_trainer.best import best_member, best_model, rebuild_member, restored
-from eggroll_trainer.evaluation import evaluate_sequential
 from eggroll_trainer.noise import NoiseSpec, ParamNoise
+from eggroll_trainer.trainers.best import best_member, best_model, rebuild_member, restored
+from eggroll_trainer.trainers.evaluation import evaluate_sequential
 
 
 def test_best_member_skips_non_finite_and_must_beat_the_best_so_far():

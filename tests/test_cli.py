@@ -11,8 +11,8 @@ import pytest
 import torch
 from test_hf import build_tiny_llama
 
-from eggroll_trainer.cli import main, read_prompts
-from eggroll_trainer.hf import load_causal_lm
+from eggroll_trainer.llm.cli import main, read_prompts
+from eggroll_trainer.llm.models import load_causal_lm
 
 REWARD = """
 def reward(prompts, completions):
@@ -79,7 +79,7 @@ def test_tune_sequential_equals_batched(tiny: Path, files: dict[str, Path], tmp_
 
 def test_info_prints_counts_and_memory(tiny: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "eggroll_trainer.cli", "info", str(tiny), "--population", "8", "--rank", "2"],
+        [sys.executable, "-m", "eggroll_trainer.llm.cli", "info", str(tiny), "--population", "8", "--rank", "2"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]

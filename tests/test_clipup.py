@@ -1,17 +1,17 @@
-"""eggroll_trainer.clipup: ClipUp keeps its public name (update_rules), which checkpoints record."""
+"""eggroll_trainer.updates.clipup: ClipUp keeps its public name (update_rules), which checkpoints record."""
 
 import functools
 import pickle
 
 import torch
 
-from eggroll_trainer.update_rules import ClipUp, describe_rule
+from eggroll_trainer.updates.rules import ClipUp, describe_rule
 
 
 def test_public_name_is_stable_for_checkpoints():
-    assert describe_rule(ClipUp) == "eggroll_trainer.update_rules.ClipUp"
+    assert describe_rule(ClipUp) == "eggroll_trainer.updates.rules.ClipUp"
     assert describe_rule(functools.partial(ClipUp, momentum=0.5)).startswith(
-        "functools.partial(eggroll_trainer.update_rules.ClipUp, "
+        "functools.partial(eggroll_trainer.updates.rules.ClipUp, "
     )
     assert pickle.loads(pickle.dumps(ClipUp)) is ClipUp
 

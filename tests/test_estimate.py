@@ -1,12 +1,12 @@
-"""eggroll_trainer.estimate: pair weights and ĝ on hand-computed cases; the finite check."""
+"""eggroll_trainer.updates.estimate: pair weights and ĝ on hand-computed cases; the finite check."""
 
 import math
 
 import pytest
 import torch
 
-from eggroll_trainer.estimate import all_finite, check_finite, estimate, pair_weights, unproven
 from eggroll_trainer.noise import NoiseSpec, ParamNoise
+from eggroll_trainer.updates.estimate import all_finite, check_finite, estimate, pair_weights, unproven
 
 
 def arange_noise(shape, rank, pairs, size):

@@ -1,4 +1,4 @@
-"""eggroll_trainer.evaluation: a slice of members scored one by one or in population mode."""
+"""eggroll_trainer.trainers.evaluation: a slice of members scored one by one or in population mode."""
 
 import math
 import warnings
@@ -9,8 +9,14 @@ from conftest import Recorder, linear_member_noise, make_data, make_model, neg_m
 from torch import nn
 
 from eggroll_trainer import EGGROLLTrainer, ESTrainer, current_population
-from eggroll_trainer.evaluation import as_score, check_scores, evaluate_batched, evaluate_sequential, scorer
 from eggroll_trainer.population import Perturbed
+from eggroll_trainer.trainers.evaluation import (
+    as_score,
+    check_scores,
+    evaluate_batched,
+    evaluate_sequential,
+    scorer,
+)
 
 
 def test_as_score():

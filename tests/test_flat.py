@@ -1,12 +1,12 @@
-"""eggroll_trainer.flat: the 0.1.0 flat-vector protocol."""
+"""eggroll_trainer.trainers.compat: the 0.1.0 flat-vector protocol."""
 
 import pytest
 import torch
 from torch import nn
 
 from eggroll_trainer import ESTrainer, VanillaESTrainer
-from eggroll_trainer.flat import dense_perturbations, es_update, flat_generation, split
 from eggroll_trainer.shaping import raw
+from eggroll_trainer.trainers.compat import dense_perturbations, es_update, flat_generation, split
 
 
 def fitness(model):
@@ -51,7 +51,16 @@ def test_flat_generation_writes_nothing_and_step_applies_it():
     trainer = Halved(model.parameters(), model, fitness, population_size=6, seed=1)
     theta = trainer.current_params
     with torch.no_grad():  # as in step()
-        scores, finite, best, grads = flat_generation(trainer, lambda: fitness(model))
+        scores, finite, best, grads = flat_generation(
+            list(model.parameters()),
+            trainer.sample_perturbations,
+            trainer.compute_update,
+            lambda: fitness(model),
+            population_size=6,
+            sigma=trainer.sigma,
+            generation=0,
+            best_fitness=None,
+        )
     assert torch.equal(trainer.current_params, theta) and trainer.best_fitness is None
     assert scores.shape == (6,) and bool(finite.all())
     assert best is not None and best[0] == float(scores.max())

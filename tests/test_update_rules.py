@@ -8,7 +8,7 @@ import torch
 from conftest import make_data, make_model, neg_mse, params_of, same
 
 from eggroll_trainer import EGGROLLTrainer
-from eggroll_trainer.update_rules import ClipUp
+from eggroll_trainer.updates.rules import ClipUp
 
 
 def build(optimizer, model=None, **options):

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from ..noise import ParamNoise, member_pairs
+from ..noise.params import ParamNoise, member_pairs
 
 
 @dataclass(frozen=True)

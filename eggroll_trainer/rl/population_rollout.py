@@ -33,13 +33,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .distributed import all_sum
-from .episodes import Episodes, bare_steps_per_s, rollout
+from ..distributed import all_sum
+from ..population import current_population
+from .episodes import rollout
 from .lockstep import LockstepEnvs, MakeEnv
-from .population import current_population
 
-__all__ = ["LockstepEnvs", "bare_steps_per_s", "RunningMeanStd", "Episodes", "rollout", "Generation",
-           "PopulationRollout"]  # fmt: skip
+__all__ = ["RunningMeanStd", "Generation", "PopulationRollout"]
 
 
 class RunningMeanStd:

@@ -1,7 +1,7 @@
 r"""Language-model fitness: a population's completions in one ``generate``, scored by a reward.
 
 **Population generation.** In population mode a model's batch holds K·b rows, member-major: member i
-owns rows i·b … i·b+b−1. [`population_generate`][eggroll_trainer.lm.population_generate] repeats the P
+owns rows i·b … i·b+b−1. [`population_generate`][eggroll_trainer.llm.fitness.population_generate] repeats the P
 prompts K times (``input_ids.repeat(K, 1)``: K·P rows) and calls ``model.generate`` **once**, with the KV
 cache, greedy by default — so every decoding step is one forward of all members. (Beam search reorders rows
 across members and is refused.) Outside population mode K = 1 and it is plain generation, so the same
@@ -10,7 +10,7 @@ fitness function serves sequential evaluation, batched evaluation and the unpert
 **Per-prompt baselines.** Every member answers the same P prompts; reward $r_{ip}$ (member i, prompt p).
 The trainer's ``group_size`` groups *consecutive members* (the paper's layout gives each group its own
 prompt); here a group would be the whole population, so we shape per prompt instead
-([`PromptBaseline`][eggroll_trainer.lm.PromptBaseline], passed as ``fitness_shaping``):
+([`PromptBaseline`][eggroll_trainer.llm.fitness.PromptBaseline], passed as ``fitness_shaping``):
 
 $$a_{ip} = \frac{r_{ip} - \bar r_p}{s_p + \epsilon},\qquad \bar r_p = \tfrac1N\sum_j r_{jp},\quad
 s_p^2 = \tfrac1N\sum_j (r_{jp} - \bar r_p)^2,\qquad \tilde f_i = \mathrm{zscore}_i\Big(\tfrac1P\sum_p a_{ip}\Big).$$
@@ -30,8 +30,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .population import current_population
-from .shaping import zscore
+from ..population import current_population
+from ..shaping import zscore
 
 RewardFn = Callable[[list[str], list[str]], Sequence[float]]
 
@@ -78,7 +78,7 @@ def population_generate(
 class PromptBaseline:
     """Per-prompt fitness shaping for members that all answer the same prompts (see the module docstring).
 
-    The fitness function calls [`record`][eggroll_trainer.lm.PromptBaseline.record] with the ``(K, P)``
+    The fitness function calls [`record`][eggroll_trainer.llm.fitness.PromptBaseline.record] with the ``(K, P)``
     rewards of the members it evaluated (in the trainer's order: batched chunks or one member at a time);
     the trainer then calls the object as its ``fitness_shaping`` with the N mean rewards, and gets
     $\\tilde f$. Works in one process (not with multi-process sharding, where a rank sees only its shard).
@@ -148,7 +148,7 @@ class RewardFitness:
         tokenizer: the model's tokenizer (left padding).
         reward: ``reward(prompts, completions) -> list[float]`` (higher is better).
         max_new_tokens: decoding length.
-        baseline: a [`PromptBaseline`][eggroll_trainer.lm.PromptBaseline] to record into, or ``None``.
+        baseline: a [`PromptBaseline`][eggroll_trainer.llm.fitness.PromptBaseline] to record into, or ``None``.
         **generate_kwargs: passed to ``generate``.
     """
 

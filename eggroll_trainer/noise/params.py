@@ -1,7 +1,7 @@
 """Keyed Gaussian noise from a shared table — regenerated on demand, never stored per member.
 
 Every perturbation is a *view* into one block of i.i.d. N(0, 1) values (the OpenAI-ES "shared noise
-table", [`eggroll_trainer.table`][eggroll_trainer.table]), made once from the seed. Member noise is
+table", [`eggroll_trainer.noise.table`][eggroll_trainer.noise.table]), made once from the seed. Member noise is
 addressed by a key:
 
     (seed, parameter index j, noise epoch e, pair index k)  ->  table[base(seed, j, e) + k * stride_j :]

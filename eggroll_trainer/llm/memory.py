@@ -1,12 +1,12 @@
 """How much memory a language-model generation holds, by component, before running it
-([`generation_memory`][eggroll_trainer.lm_memory.generation_memory]; ``eggroll info`` prints it)."""
+([`generation_memory`][eggroll_trainer.llm.memory.generation_memory]; ``eggroll info`` prints it)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from .noise import num_pairs
-from .table import default_table_size
+from ..noise.params import num_pairs
+from ..noise.table import default_table_size
 
 __all__ = ["generation_memory"]
 
@@ -30,7 +30,7 @@ def generation_memory(
 
     Args:
         model: a Hugging Face causal LM (its ``config`` gives layers, heads, widths, vocabulary).
-        targets: the perturbed matrices ([`select_targets`][eggroll_trainer.hf.select_targets]).
+        targets: the perturbed matrices ([`select_targets`][eggroll_trainer.llm.models.select_targets]).
         members: K, members per ``generate`` call (the chunk size, or N).
         rank: r.
         prompts: P, the prompts every member answers.

@@ -9,7 +9,7 @@ unchanged, and a resumed run continues bit-identically.
 * ``"sgd"``: ``torch.optim.SGD``. With d = −ĝ + λθ: buf ← μ·buf + (1 − dampening)·d;
   θ ← θ − lr·(d + μ·buf if nesterov else buf). Without momentum, θ ← θ + lr·ĝ.
 * ``"adam"``, ``"adamw"``: ``torch.optim.Adam``, ``torch.optim.AdamW`` with −ĝ in the role of the gradient.
-* ``"clipup"``: [`ClipUp`][eggroll_trainer.update_rules.ClipUp] (Toklu et al., 2020; module ``clipup``).
+* ``"clipup"``: [`ClipUp`][eggroll_trainer.updates.rules.ClipUp] (Toklu et al., 2020; module ``clipup``).
 * any callable ``factory(param_groups) -> torch.optim.Optimizer``: a ``torch.optim`` class such as
   ``torch.optim.RMSprop``, or a ``functools.partial(torch.optim.SGD, momentum=0.9)``.
 """
@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..validation import check, is_real
 from .clipup import ClipUp
-from .validation import check, is_real
 
 __all__ = [
     "UPDATE_RULES",
@@ -158,7 +158,7 @@ def restored_rules(saved_groups: list[dict[str, Any]], groups: list[dict[str, An
     """The rule of each group after loading a checkpoint whose groups are ``saved_groups``.
 
     A saved name wins, as every saved group setting does; a callable is saved by its
-    [`describe_rule`][eggroll_trainer.update_rules.describe_rule] name, which must be that of the group's
+    [`describe_rule`][eggroll_trainer.updates.rules.describe_rule] name, which must be that of the group's
     current callable (kept). Raises ``ValueError`` otherwise, before anything is loaded.
     """
     rules = []

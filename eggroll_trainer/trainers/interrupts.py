@@ -2,7 +2,7 @@
 
 An update writes every parameter, the update rule's moments, the generation counter and the best member; a
 ``KeyboardInterrupt`` halfway would leave a model that no generation produced. Inside
-[`defer_keyboard_interrupt`][eggroll_trainer.interrupts.defer_keyboard_interrupt] a SIGINT is recorded instead
+[`defer_keyboard_interrupt`][eggroll_trainer.trainers.interrupts.defer_keyboard_interrupt] a SIGINT is recorded instead
 of raised, and handed to the previous handler (by default: raise ``KeyboardInterrupt``) when the block exits,
 so [`ESTrainer.train`][eggroll_trainer.ESTrainer.train] stops on the last completed generation.
 """

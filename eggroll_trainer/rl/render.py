@@ -34,7 +34,7 @@ def frame_every(dt: float) -> int:
 def save_gif(policy: nn.Module, make_env: Callable[..., Any], path: str | Path, *, seconds: float = 10.0,
              seed: int = 0, backends: Sequence[str] = ("egl", "osmesa")) -> None:  # fmt: skip
     """Render one episode of ``policy`` (at most ``seconds`` of simulated time) to the GIF ``path``, 320x240,
-    a frame every [`frame_every`][eggroll_trainer.render.frame_every] steps; the free camera keeps the task's
+    a frame every [`frame_every`][eggroll_trainer.rl.render.frame_every] steps; the free camera keeps the task's
     distance and elevation and follows the torso (body 1) along the ground.
 
     Args:

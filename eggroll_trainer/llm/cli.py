@@ -114,8 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_info(args: argparse.Namespace) -> None:
-    from .hf import load_causal_lm, select_targets
-    from .lm_memory import generation_memory
+    from .memory import generation_memory
+    from .models import load_causal_lm, select_targets
 
     model, _ = load_causal_lm(args.model, allow_download=args.download)
     targets = select_targets(model, _targets(args))
@@ -141,10 +141,10 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
-    from . import EGGROLLTrainer
-    from .hf import load_causal_lm, save_model, select_targets
-    from .lm import PromptBaseline, RewardFitness
+    from .. import EGGROLLTrainer
+    from .fitness import PromptBaseline, RewardFitness
     from .lora import export_lora
+    from .models import load_causal_lm, save_model, select_targets
 
     if args.threads:
         torch.set_num_threads(args.threads)

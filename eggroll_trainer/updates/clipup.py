@@ -2,7 +2,7 @@ r"""ClipUp (Toklu et al., 2020, "ClipUp: a simple and powerful optimizer for dis
 evolution", PPSN XVI): normalised gradient steps with momentum and a speed limit, as a ``torch.optim.Optimizer``.
 
 One of the trainers' named update rules (``optimizer="clipup"``); usable on its own like any optimizer. Its public
-name is ``eggroll_trainer.update_rules.ClipUp``, which is also the name a checkpoint records for
+name is ``eggroll_trainer.updates.rules.ClipUp``, which is also the name a checkpoint records for
 ``optimizer=ClipUp`` (see ``update_rules.describe_rule``).
 """
 
@@ -78,7 +78,7 @@ class ClipUp(torch.optim.Optimizer):
         return loss
 
 
-ClipUp.__module__ = "eggroll_trainer.update_rules"  # its public home, and the name checkpoints record
+ClipUp.__module__ = "eggroll_trainer.updates.rules"  # its public home, and the name checkpoints record
 
 
 def _norm(tensors: list[Tensor]) -> float:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .noise import ParamNoise, member_pairs
+from ..noise.params import ParamNoise, member_pairs
 
 
 def best_member(scores: Tensor, best_so_far: float | None) -> int | None:

@@ -8,10 +8,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..noise.params import NoiseSpec
+from ..validation import check, is_int
 from .base import ESTrainer
 from .evaluation import FitnessFn
-from .noise import NoiseSpec
-from .validation import check, is_int
 
 
 class EGGROLLTrainer(ESTrainer):

@@ -11,7 +11,7 @@ antithetic pair) and each parameter needs one weighted sum of its $P$ noises —
 stacked factors for low-rank noise (``noise.ParamNoise.weighted_sum``).
 
 The update is all or nothing: every $\hat g_j$ is computed and
-[`check_finite`][eggroll_trainer.estimate.check_finite] checked before any parameter moves.
+[`check_finite`][eggroll_trainer.updates.estimate.check_finite] checked before any parameter moves.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .noise import ParamNoise, member_pairs, num_pairs
+from ..noise.params import ParamNoise, member_pairs, num_pairs
 
 #: Table values one chunk of the update GEMM may touch (A and B factors of c pairs): 16 M floats.
 UPDATE_CHUNK_VALUES = 1 << 24
@@ -61,7 +61,7 @@ def estimate(
         params: the trained parameters (for the device and dtype of each estimate).
         noises: each parameter's noise this generation, or ``None`` (not perturbed).
         sigmas: each parameter's σ (its group's).
-        weights: ``(P,)`` pair weights from [`pair_weights`][eggroll_trainer.estimate.pair_weights].
+        weights: ``(P,)`` pair weights from [`pair_weights`][eggroll_trainer.updates.estimate.pair_weights].
         population_size: N.
         chunk_size: the trainer's members per population-mode call, if any; it also bounds the pairs per
             chunk of the weighted sum (memory), never the result.
@@ -101,7 +101,7 @@ def unproven(
     $(1+u)^{Pr}$). With finite weights and $B_j$ below the dtype's largest value, nothing can overflow and
     nothing is NaN, so $\hat g_j$ is finite without a pass over its $m\times n$ values; the others (an
     unknown table bound, huge raw fitnesses, half precision) are left to
-    [`check_finite`][eggroll_trainer.estimate.check_finite]."""
+    [`check_finite`][eggroll_trainer.updates.estimate.check_finite]."""
     total = float(np.abs(weights.detach().cpu().numpy()).sum())  # inf or nan if any weight is: none proven
     left = []
     for g, noise, sigma in zip(grads, noises, sigmas):

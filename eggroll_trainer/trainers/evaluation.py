@@ -3,13 +3,13 @@ r"""Scoring a slice of the population: members ``start .. start+count-1`` of one
 Member $i$ is $\theta + \sigma s_i E_{k(i)}$: pair $k(i)$ of the generation's keyed noise, sign $s_i = \pm 1$
 (``noise.member_pairs``). Two ways to score a slice, with the same scores up to float rounding:
 
-* [`evaluate_sequential`][eggroll_trainer.evaluation.evaluate_sequential] writes each member into the live
+* [`evaluate_sequential`][eggroll_trainer.trainers.evaluation.evaluate_sequential] writes each member into the live
   parameters, calls the fitness function once per member, and restores $\theta$ exactly from a saved copy;
-* [`evaluate_batched`][eggroll_trainer.evaluation.evaluate_batched] calls it once per chunk of members with the
+* [`evaluate_batched`][eggroll_trainer.trainers.evaluation.evaluate_batched] calls it once per chunk of members with the
   model in population mode (``eggroll_trainer.population``), where each call returns one score per member.
 
 Scores are float64 on the CPU, **higher is better**: a closure returns a loss, so its values are negated.
-[`check_scores`][eggroll_trainer.evaluation.check_scores] then decides what a NaN/inf score means.
+[`check_scores`][eggroll_trainer.trainers.evaluation.check_scores] then decides what a NaN/inf score means.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .noise import ParamNoise, member_pairs
-from .population import Perturbed, PopulationInfo, _announce, population_mode
+from ..noise.params import ParamNoise, member_pairs
+from ..population import Perturbed, PopulationInfo, _announce, population_mode
 
 #: ``fitness_fn(model) -> float`` (higher is better), or one score per member in population mode.
 FitnessFn = Callable[[nn.Module], Any]

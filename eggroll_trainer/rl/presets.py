@@ -1,8 +1,8 @@
 r"""Hyperparameter presets of ``examples/mujoco_agent.py``, one per gymnasium MuJoCo task.
 
-A [`Preset`][eggroll_trainer.presets.Preset] holds what the example's ``EGGROLLTrainer`` and
+A [`Preset`][eggroll_trainer.rl.presets.Preset] holds what the example's ``EGGROLLTrainer`` and
 ``PopulationRollout`` need; ``time_budget`` is the wall budget of the task's goal (``docs/examples/mujoco.md``).
-[`ars`][eggroll_trainer.presets.ars] writes ARS' hyperparameters (Mania et al. 2018) as a preset: with
+[`ars`][eggroll_trainer.rl.presets.ars] writes ARS' hyperparameters (Mania et al. 2018) as a preset: with
 $N$ directions, $b$ kept, step $\alpha$ and noise $\nu$, ARS moves θ by
 $\frac{\alpha}{b\,\sigma_R}\sum_{j \in \text{top } b}(r_j^+ - r_j^-)\,\delta_j$; the trainer's estimate with
 ``elite_k=b`` on raw returns is that sum divided by $2b\sigma_R\nu$ (``docs/guide/rl.md``), so plain SGD with

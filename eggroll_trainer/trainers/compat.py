@@ -16,20 +16,21 @@ Costs O(N·D) memory: for small models and custom algorithms, not for training l
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
-from torch.nn.utils import vector_to_parameters
+from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
+from ..noise.params import ParamNoise, member_pairs
+from ..shaping import ShapingFn, clean_scores, shape_fitness
+from ..updates.estimate import check_finite
 from .best import best_member
-from .estimate import check_finite
 from .evaluation import check_scores
-from .noise import ParamNoise, member_pairs
-from .shaping import ShapingFn, clean_scores, shape_fitness
+from .generation import Generation
 
-if TYPE_CHECKING:
-    from .base import ESTrainer
+#: ``sample_perturbations(N) -> (N, D)`` and ``compute_update((N, D), (N,)) -> (D,)``: a trainer's flat hooks.
+SampleFn = Callable[[int], Tensor]
+UpdateFn = Callable[[Tensor, Tensor], Tensor]
 
 
 def dense_perturbations(
@@ -70,31 +71,40 @@ def split(flat: Tensor, params: list[Tensor]) -> list[Tensor]:
 
 
 def flat_generation(
-    trainer: ESTrainer, score: Callable[[], float]
-) -> tuple[Tensor, Tensor, tuple[float, list[Tensor]] | None, list[Tensor | None]]:
-    """Evaluate one generation of ``trainer`` through its flat hooks; nothing is written to it.
+    params: list[Tensor],
+    sample_perturbations: SampleFn,
+    compute_update: UpdateFn,
+    score: Callable[[], float],
+    *,
+    population_size: int,
+    sigma: float,
+    generation: int,
+    best_fitness: float | None,
+    track_best: bool = True,
+) -> Generation:
+    """Evaluate one generation through a trainer's flat hooks; nothing is written to the parameters.
 
     Frozen parameters (``requires_grad=False``) get zero perturbation and no update. The update is checked
     finite before it is returned.
 
     Returns:
         ``(scores, finite, best, grads)``: the ``(N,)`` float64 scores and their finite mask;
-        ``(fitness, values)`` of the best member if it beats ``trainer.best_fitness``, else ``None``; per
-        parameter −ĝ (a fresh tensor: the ascent direction negated) or ``None`` when frozen.
+        ``(fitness, values)`` of the best member if it beats ``best_fitness`` (and ``track_best``), else
+        ``None``; per parameter −ĝ (a fresh tensor: the ascent direction negated) or ``None`` when frozen.
     """
-    params = trainer._all_params()
-    n = trainer.population_size
-    theta = trainer.current_params
-    perturbations = trainer.sample_perturbations(n)
+    n = population_size
+    theta = parameters_to_vector([p.detach() for p in params])
+    perturbations = sample_perturbations(n)
     if perturbations.shape != (n, theta.numel()):
         raise ValueError(
             f"sample_perturbations must return shape {(n, theta.numel())}, got {tuple(perturbations.shape)}"
         )
     frozen = [not p.requires_grad for p in params]
     if any(frozen):  # frozen parameters are neither perturbed nor updated
-        keep = torch.cat([torch.full((p.numel(),), float(not f)) for p, f in zip(params, frozen)])
+        keep = torch.cat(
+            [torch.full((p.numel(),), float(not f), device=p.device) for p, f in zip(params, frozen)]
+        )
         perturbations = perturbations * keep.to(perturbations)
-    sigma = trainer.param_groups[0]["sigma"]
     scores = torch.empty(n, dtype=torch.float64)
     try:
         for i in range(n):
@@ -102,15 +112,15 @@ def flat_generation(
             scores[i] = score()
     finally:
         vector_to_parameters(theta, params)
-    finite = check_scores(scores, trainer.generation)
+    finite = check_scores(scores, generation)
     clean = clean_scores(scores)
-    member = best_member(scores, trainer.best_fitness)
+    member = best_member(scores, best_fitness) if track_best else None
     best = None
     if member is not None:
         values = split(theta + sigma * perturbations[member].to(theta), params)
         best = float(scores[member]), [t.view_as(p).clone() for t, p in zip(values, params)]
-    update = trainer.compute_update(perturbations, clean.to(device=theta.device, dtype=torch.float32))
-    check_finite([update], trainer.generation)
+    update = compute_update(perturbations, clean.to(device=theta.device, dtype=torch.float32))
+    check_finite([update], generation)
     grads: list[Tensor | None] = [  # −ĝ: what the torch.optim rule minimises along
         None if f else u.view_as(p).neg().to(p.dtype)  # neg: a fresh tensor, never a view of ``update``
         for u, p, f in zip(split(update, params), params, frozen)

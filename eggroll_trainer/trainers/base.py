@@ -13,16 +13,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..noise.params import NoiseSpec, ParamNoise, num_pairs
+from ..noise.perturbations import generation_noise, table_size, with_padding_rows
+from ..shaping import ShapingFn, resolve_shaping
+from ..updates.rules import Rule, rule_defaults, step_rules
+from ..validation import check, check_arguments, resolve_lr
+from .compat import dense_perturbations, es_update, flat_generation
 from .evaluation import FitnessFn, scorer
-from .flat import dense_perturbations, es_update, flat_generation
-from .generation import keyed_generation
+from .generation import GenerationSettings, keyed_generation
 from .interrupts import defer_keyboard_interrupt
-from .noise import NoiseSpec, ParamNoise, num_pairs
-from .optimizer import ESOptimizer
-from .perturbations import generation_noise, table_size, with_padding_rows
-from .shaping import ShapingFn, resolve_shaping
-from .update_rules import Rule, rule_defaults, step_rules
-from .validation import check, check_arguments, resolve_lr
+from .state import ESOptimizer
 
 __all__ = ["ESTrainer", "FitnessFn"]
 
@@ -73,9 +73,9 @@ class ESTrainer(ESOptimizer):
             generation. (eggroll-trainer 0.1.0 used this flag for antithetic sampling: see ``antithetic``.)
         optimizer: the rule that applies ĝ: ``"sgd"`` (default; ``torch.optim.SGD``), ``"adam"``,
             ``"adamw"`` (``torch.optim.Adam``/``AdamW``), ``"clipup"``
-            ([`ClipUp`][eggroll_trainer.update_rules.ClipUp]), or any ``torch.optim.Optimizer`` class or
+            ([`ClipUp`][eggroll_trainer.updates.rules.ClipUp]), or any ``torch.optim.Optimizer`` class or
             ``functools.partial`` of one (``functools.partial(torch.optim.SGD, momentum=0.9)``). It is stepped
-            with ``.grad = −ĝ`` on this trainer's own param groups (see ``eggroll_trainer.update_rules``).
+            with ``.grad = −ĝ`` on this trainer's own param groups (see ``eggroll_trainer.updates.rules``).
         momentum: SGD momentum factor; ClipUp's velocity decay (named rules: default 0).
         dampening: SGD dampening for momentum (default 0).
         nesterov: SGD Nesterov momentum (default False).
@@ -94,6 +94,10 @@ class ESTrainer(ESOptimizer):
         batch_dim: with ``batched=True``, the dimension of activations that holds the K·b rows (0 for
             batch-first models and Hugging Face; 1 for sequence-first ones, ``batch_first=False``).
         noise_table_size: values in the shared noise table (default: sized from the model, ≤ 2^25).
+        track_best: keep the best member evaluated so far for
+            [`get_best_model`][eggroll_trainer.ESTrainer.get_best_model] (default, as in 0.1.0): one extra
+            copy of the trained parameters. ``False`` keeps nothing and costs nothing (language models, where
+            "the best member" over changing prompt batches means little).
     """
 
     def __init__(
@@ -125,6 +129,7 @@ class ESTrainer(ESOptimizer):
         chunk_size: int | None = None,
         batch_dim: int = 0,
         noise_table_size: int | None = None,
+        track_best: bool = True,
     ) -> None:
         lr = resolve_lr(learning_rate, lr)
         check_arguments(
@@ -143,7 +148,7 @@ class ESTrainer(ESOptimizer):
         defaults = dict(lr=lr, sigma=sigma, optimizer=optimizer, **rule_options)
         super().__init__(
             params, defaults, model=model, fitness_fn=fitness_fn, population_size=population_size,
-            batched=batched, seed=seed,
+            batched=batched, seed=seed, track_best=track_best,
         )  # fmt: skip
         self.antithetic = bool(antithetic)
         self.fitness_shaping = fitness_shaping
@@ -218,12 +223,21 @@ class ESTrainer(ESOptimizer):
             raise ValueError("step() needs a closure when the trainer was built with fitness_fn=None")
         if closure is not None:
             closure = torch.enable_grad()(closure)
+        params = self._all_params()
         if self._uses_flat_hooks():
-            scores, finite, best, grads = flat_generation(self, scorer(self.model, self.fitness_fn, closure))
+            scores, finite, best, grads = flat_generation(
+                params, self.sample_perturbations, self.compute_update, scorer(self.model, self.fitness_fn, closure),
+                population_size=self.population_size, sigma=self.param_groups[0]["sigma"],
+                generation=self.generation, best_fitness=self.best_fitness, track_best=self.track_best,
+            )  # fmt: skip
         else:
-            scores, finite, best, grads = keyed_generation(self, closure)
+            scores, finite, best, grads = keyed_generation(
+                self._settings(), params, self._sigmas(), self._generation_noise(self.generation),
+                generation=self.generation, best_fitness=self.best_fitness, closure=closure,
+            )  # fmt: skip
         with defer_keyboard_interrupt():  # parameters, moments, best member, counters: all or nothing
-            step_rules(self._rules, self._all_params(), grads)
+            self._keep_initial_params()
+            step_rules(self._rules, params, grads)
             if best is not None:
                 self.best_fitness, self._best_params = best
             return self._record(scores.numpy()[finite.numpy()], closure is not None)
@@ -235,6 +249,15 @@ class ESTrainer(ESOptimizer):
 
     def _sigmas(self) -> list[float]:
         return [group["sigma"] for group in self.param_groups for _ in group["params"]]
+
+    def _settings(self) -> GenerationSettings:
+        """This generation's settings, as ``generation.keyed_generation`` reads them."""
+        return GenerationSettings(
+            model=self.model, fitness_fn=self.fitness_fn, population_size=self.population_size,
+            antithetic=self.antithetic, shaping=self._shaping, group_size=self.group_size, elite_k=self.elite_k,
+            batched=self.batched, chunk_size=self.chunk_size, batch_dim=self.batch_dim, seed=self.seed,
+            track_best=self.track_best,
+        )  # fmt: skip
 
     def _uses_flat_hooks(self) -> bool:
         cls = type(self)

@@ -1,0 +1,25 @@
+"""Language models: ES fine-tuning of Hugging Face causal LMs on rewards that need no gradient.
+
+* ``fitness`` — a population's completions in one ``generate`` call, scored by a reward;
+* ``models`` — loading a causal LM offline, choosing the matrices ES perturbs, saving the result;
+* ``lora`` — the evolved weights as a PEFT LoRA adapter; ``memory`` — what a generation holds in memory;
+* ``cli`` — the ``eggroll`` command line.
+
+Importing this package does not import ``transformers``; the functions that need it import it when called.
+"""
+
+from .fitness import PromptBaseline, RewardFitness, population_generate
+from .lora import export_lora
+from .memory import generation_memory
+from .models import load_causal_lm, save_model, select_targets
+
+__all__ = [
+    "PromptBaseline",
+    "RewardFitness",
+    "population_generate",
+    "export_lora",
+    "generation_memory",
+    "load_causal_lm",
+    "save_model",
+    "select_targets",
+]
