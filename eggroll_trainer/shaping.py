@@ -1,7 +1,7 @@
 """Fitness shaping: pure functions ``(N,) scores -> (N,) weights``, higher is better.
 
 * ``zscore`` (default): (f - mean f) / std f.
-* ``centered_rank``: ranks mapped linearly to [-0.5, 0.5] (OpenAI-ES; ties broken by member index).
+* ``centered_rank``: ranks mapped linearly to [-0.5, 0.5] (OpenAI-ES); tied scores share their average rank.
 * ``raw``: the scores unchanged.
 * any callable with the same signature.
 
@@ -56,13 +56,21 @@ def zscore(scores: Tensor) -> Tensor:
 
 
 def centered_rank(scores: Tensor) -> Tensor:
-    """Rank of each score mapped to [-0.5, 0.5]: the worst gets -0.5, the best +0.5."""
+    r"""Rank of each score mapped to [-0.5, 0.5]: the worst gets -0.5, the best +0.5.
+
+    Tied scores share their average rank (as ``scipy.stats.rankdata``), so equal scores get equal weights:
+    an antithetic pair that ties contributes nothing, and a constant fitness gives all zeros. (Breaking ties by
+    member index would rank one mirror above its partner and move θ along noise the fitness never saw.)
+    """
     n = scores.numel()
     if n == 1:
         return torch.zeros_like(scores)
+    ordered, order = torch.sort(scores, stable=True)  # (N,), (N,)
+    _, tie_group, counts = torch.unique_consecutive(ordered, return_inverse=True, return_counts=True)
+    first = torch.cumsum(counts, 0) - counts  # (groups,): the rank of each tie group's first member
+    average = first.to(scores.dtype) + (counts - 1).to(scores.dtype) / 2  # (groups,)
     ranks = torch.empty_like(scores)
-    order = torch.argsort(scores, stable=True)
-    ranks[order] = torch.arange(n, dtype=scores.dtype, device=scores.device)
+    ranks[order] = average[tie_group]
     return ranks / (n - 1) - 0.5
 
 

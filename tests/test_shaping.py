@@ -22,8 +22,10 @@ def test_zscore_by_hand():
 
 def test_centered_rank_by_hand():
     torch.testing.assert_close(centered_rank(T(10.0, -3.0, 7.0)), T(0.5, -0.5, 0.0))
-    # ties broken by member index, still in [-0.5, 0.5]
-    torch.testing.assert_close(centered_rank(T(1.0, 1.0)), T(-0.5, 0.5))
+    # tied scores share their average rank: a tie carries no weight between its members
+    torch.testing.assert_close(centered_rank(T(1.0, 1.0)), T(0.0, 0.0))
+    torch.testing.assert_close(centered_rank(T(2.0, 0.0, 2.0, 5.0, 2.0)), T(0.0, -0.5, 0.0, 0.5, 0.0))
+    torch.testing.assert_close(centered_rank(T(1.0, 1.0, 3.0, 3.0)), T(-1 / 3, -1 / 3, 1 / 3, 1 / 3))
 
 
 def test_raw_is_identity():
@@ -210,3 +212,18 @@ def test_trainer_elite_k_bad_values():
                dict(population_size=8, elite_k=1.5)):  # fmt: skip
         with pytest.raises(ValueError, match="elite_k"):
             make(**kw)
+
+
+@pytest.mark.parametrize("extra", [{}, dict(group_size=4), dict(elite_k=2)], ids=["plain", "groups", "elite"])
+@pytest.mark.parametrize("rule", ["sgd", "adam", "adamw", "clipup"])
+@pytest.mark.parametrize("shaping", ["zscore", "centered_rank", "raw"])
+def test_constant_fitness_moves_nothing(shaping, rule, extra):
+    """Equal scores carry no information: under every shaping and update rule θ stays exactly where it is."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer = VanillaESTrainer(model.parameters(), model=model, fitness_fn=lambda m: 1.0, population_size=8,
+                               learning_rate=0.01, sigma=0.1, seed=0, fitness_shaping=shaping, optimizer=rule,
+                               **extra)  # fmt: skip
+    trainer.train(2, verbose=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
