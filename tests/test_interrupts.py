@@ -1,6 +1,9 @@
 """eggroll_trainer.trainers.interrupts: SIGINT is held inside the block and delivered once after it."""
 
+import os
 import signal
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -79,3 +82,23 @@ def test_ctrl_c_during_an_update_lands_after_it():
     reference.step()
     assert trainer.generation == 1 and len(trainer.fitness_history) == 1
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), twin.parameters()))
+
+
+SIG_DFL_SCRIPT = """
+import os, signal, sys
+from eggroll_trainer.trainers.interrupts import defer_keyboard_interrupt
+signal.signal(signal.SIGINT, signal.SIG_DFL)
+with defer_keyboard_interrupt():
+    os.kill(os.getpid(), signal.SIGINT)
+    print("held", flush=True)
+print("dropped", flush=True)
+"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="POSIX signals")
+def test_sigint_held_under_sig_dfl_takes_the_default_action_after_the_block():
+    """With SIG_DFL installed (no Python handler) the held Ctrl-C must still end the process — not vanish."""
+    done = subprocess.run([sys.executable, "-c", SIG_DFL_SCRIPT], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})  # fmt: skip
+    assert done.stdout.split() == ["held"]
+    assert done.returncode == -signal.SIGINT

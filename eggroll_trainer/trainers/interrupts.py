@@ -3,7 +3,8 @@
 An update writes every parameter, the update rule's moments, the generation counter and the best member; a
 ``KeyboardInterrupt`` halfway would leave a model that no generation produced. Inside
 [`defer_keyboard_interrupt`][eggroll_trainer.trainers.interrupts.defer_keyboard_interrupt] a SIGINT is recorded instead
-of raised, and handed to the previous handler (by default: raise ``KeyboardInterrupt``) when the block exits,
+of raised, and handed to the previous handler (by default: raise ``KeyboardInterrupt``; with ``SIG_DFL``: the
+signal is raised again, so the process ends as it would have) when the block exits,
 so [`ESTrainer.train`][eggroll_trainer.ESTrainer.train] stops on the last completed generation.
 """
 
@@ -35,6 +36,16 @@ def defer_keyboard_interrupt() -> Iterator[None]:
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-        if received and callable(previous):
-            previous(*received[0])
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+        if received:
+            _deliver(previous, received[0])
+
+
+def _deliver(previous: Any, args: tuple[Any, ...]) -> None:
+    """Hand a held SIGINT to the handler it was meant for: a Python callable is called; the default action
+    (``SIG_DFL``, or a handler not installed from Python) is taken by raising the signal again, now that the
+    default is back in place; ``SIG_IGN`` drops it, as it would have."""
+    if callable(previous):
+        previous(*args)
+    elif previous is not signal.SIG_IGN:
+        signal.raise_signal(signal.SIGINT)
