@@ -26,6 +26,7 @@ from .. import distributed
 from ..updates.rules import build_rules, check_rule, describe_rule, restored_rules
 from ..validation import check, check_groups, check_params, is_int, is_real
 from .best import best_model, restored
+from .checkpoint import check_settings, run_settings
 from .evaluation import FitnessFn, evaluate_center
 
 logger = logging.getLogger(
@@ -203,7 +204,8 @@ class ESOptimizer(torch.optim.Optimizer):
         self._best_params = None
 
     def state_dict(self) -> dict[str, Any]:
-        """The optimizer state plus the ES state (generation, seed, history, best member, table size)."""
+        """The optimizer state plus the ES state (generation, seed, history, best member, table size) and the
+        settings a resume depends on (``trainers.checkpoint``)."""
         state = super().state_dict()
         state["es"] = {
             "generation": self.generation,
@@ -213,6 +215,7 @@ class ESOptimizer(torch.optim.Optimizer):
             "fitness_history": list(self.fitness_history),
             "best_fitness": self.best_fitness,
             "best_params": None if self._best_params is None else [t.clone() for t in self._best_params],
+            **run_settings(self),  # rank, antithetic, noise_reuse, group_size, elite_k, shaping: checked on load
         }
         for packed in state["param_groups"]:  # a callable rule is saved by name (loads with weights_only)
             packed["optimizer"] = describe_rule(packed["optimizer"])
@@ -220,7 +223,8 @@ class ESOptimizer(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore a [`state_dict`][eggroll_trainer.ESTrainer.state_dict]; the run then continues bit-identically
-        (the saved seed wins)."""
+        (the saved seed wins). Raises ``ValueError`` naming the setting if the trainer was built with another
+        population size, rank, antithetic, noise_reuse, group_size, elite_k or shaping than the checkpoint."""
         es = state_dict.get("es")
         if es is None:
             raise ValueError("load_state_dict: not an ESTrainer state dict (no 'es' entry)")
@@ -228,6 +232,7 @@ class ESOptimizer(torch.optim.Optimizer):
             raise ValueError(
                 f"load_state_dict: saved population_size={es['population_size']} != {self.population_size}"
             )
+        check_settings(es, run_settings(self))
         rules = restored_rules(
             state_dict["param_groups"], self.param_groups
         )  # raises before anything changes
