@@ -96,3 +96,27 @@ def test_full_rank_noise_never_moves_the_padding_row(batched):
 
 def test_padded_embedding_full_rank_batched_equals_sequential():
     assert_twins(twin_runs(PaddedBag, padded_score, cls=VanillaESTrainer))
+
+
+# --------------------------------------------------------------------------- MultiheadAttention kdim/vdim
+class CrossAttention(nn.Module):
+    """Separate q/k/v projection weights (kdim, vdim ≠ embed_dim) and a packed (3E,) bias."""
+
+    def __init__(self, batch_first: bool = True) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(8, 2, kdim=5, vdim=6, bias=True, batch_first=batch_first)
+        self.head = nn.Linear(8, 1)
+
+    def forward(self, q, k, v):
+        return self.head(self.attn(q, k, v, need_weights=False)[0])
+
+
+def attention_score(model, k):
+    q, key, value = data(ROWS, 4, 8, seed=1), data(ROWS, 7, 5, seed=2), data(ROWS, 7, 6, seed=3)
+    out = model(q.repeat(k, 1, 1), key.repeat(k, 1, 1), value.repeat(k, 1, 1))  # (K·b, L, 1)
+    return -out.pow(2).view(k, -1).mean(dim=1)
+
+
+@pytest.mark.parametrize("rank", [1, 2])
+def test_multihead_attention_with_kdim_vdim_and_bias(rank):
+    assert_twins(twin_runs(CrossAttention, attention_score, rank=rank))

@@ -23,8 +23,18 @@ from .mode import population_mode
 from .products import product
 
 
-def _project(mode: population_mode, x: Tensor, weight: Tensor, bias: Tensor | None, rows: slice) -> Tensor:
-    """x (B, L, E) → (x Wᵀ + b)[..., rows] with each member's perturbation of W and b."""
+def _project(
+    mode: population_mode,
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    rows: slice = slice(None),
+    packed: bool = True,
+) -> Tensor:
+    """x (B, L, E_in) → x W_rowsᵀ + b_rows with each member's perturbation of W and b.
+
+    ``rows`` picks q's, k's or v's block of the packed (3E,) bias and — when ``packed`` — of the packed
+    (3E, E) weight's output; a separate q/k/v weight (kdim/vdim ≠ embed_dim) is used whole."""
     what = f"the attention projection {mode.name(weight)}"
     if rows == slice(None) and (is_member_valued(mode, weight) or is_member_valued(mode, bias)):
         return product(mode, x, weight, bias, right=False, what=what)  # bias noise added in place
@@ -33,7 +43,8 @@ def _project(mode: population_mode, x: Tensor, weight: Tensor, bias: Tensor | No
         if is_member_valued(mode, weight)
         else F.linear(x, weight)
     )
-    y = y[..., rows]
+    if packed:
+        y = y[..., rows]
     if bias is None:
         return y
     if is_member_valued(mode, bias):
@@ -104,11 +115,8 @@ def multi_head_attention(
                        for i, t in enumerate((q_in, k_in, v_in)))  # fmt: skip
     else:
         weights = (q_proj_weight, k_proj_weight, v_proj_weight)
-        q, k, v = (
-            _project(mode, t, w, in_proj_bias, slice(i * e, (i + 1) * e)) if in_proj_bias is not None
-            else _project(mode, t, w, None, slice(None))
-            for i, (t, w) in enumerate(zip((q_in, k_in, v_in), weights))
-        )  # fmt: skip
+        q, k, v = (_project(mode, t, w, in_proj_bias, slice(i * e, (i + 1) * e), packed=False)
+                   for i, (t, w) in enumerate(zip((q_in, k_in, v_in), weights)))  # fmt: skip
     b, length, source = q.shape[0], q.shape[1], k.shape[1]
     q, k, v = (t.reshape(b, -1, h, e // h).transpose(1, 2) for t in (q, k, v))  # (B, H, L|S, E/H)
 
