@@ -120,3 +120,57 @@ def attention_score(model, k):
 @pytest.mark.parametrize("rank", [1, 2])
 def test_multihead_attention_with_kdim_vdim_and_bias(rank):
     assert_twins(twin_runs(CrossAttention, attention_score, rank=rank))
+
+
+# --------------------------------------------------------------------------- ops on two perturbed parameters
+class Factorised(nn.Module):
+    """y = x (U V)ᵀ: the weight is a product of two perturbed parameters (a factorised layer)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.u = nn.Parameter(torch.randn(6, 2) * 0.5)
+        self.v = nn.Parameter(torch.randn(2, 4) * 0.5)
+        self.head = nn.Linear(6, 1)
+
+    def forward(self, x):
+        return self.head(torch.tanh(nn.functional.linear(x, self.u @ self.v)))
+
+
+class WeightNormed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.utils.parametrizations.weight_norm(nn.Linear(4, 6))
+        self.head = nn.Linear(6, 1)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.fc(x)))
+
+
+def regression_score(model, k):
+    x = data(ROWS, 4)
+    return -(model(x.repeat(k, 1)).squeeze(-1) - x[:, 0].sin().repeat(k)).pow(2).view(k, ROWS).mean(dim=1)
+
+
+@pytest.mark.parametrize("build", [Factorised, WeightNormed], ids=["u_at_v", "weight_norm"])
+@pytest.mark.parametrize("cls", [EGGROLLTrainer, VanillaESTrainer])
+def test_an_op_on_two_perturbed_parameters_perturbs_both(build, cls):
+    assert_twins(twin_runs(build, regression_score, cls=cls))
+
+
+def test_derived_records_do_not_pile_up_over_many_forwards():
+    """A generate()-like loop: 50 forwards in one population-mode call, each deriving U @ V afresh; the records
+    of the dropped products go with them."""
+    torch.manual_seed(0)
+    model = Factorised()
+    sizes = []
+
+    def fitness(m):
+        (mode,) = [md for md in torch.overrides._get_current_function_mode_stack() if hasattr(md, "derived")]
+        for _ in range(50):
+            scores = regression_score(m, current_population().size)
+            sizes.append(len(mode.derived))
+        return scores
+
+    EGGROLLTrainer(model.parameters(), model=model, fitness_fn=fitness, population_size=4, seed=0,
+                   batched=True).step()  # fmt: skip
+    assert max(sizes) <= 2

@@ -14,25 +14,47 @@ from .mode import population_mode
 
 
 def derive(mode: population_mode, func: Any, args: tuple, kwargs: dict) -> Any:
-    """An op on perturbed parameters alone (``W.t()``, ``pos[:T]``, ``w.to(dtype)``): computed on θ, and
-    remembered, so that a later use applies the same op to each member's values."""
+    """An op on perturbed parameters alone (``W.t()``, ``pos[:T]``, ``w.to(dtype)``, ``U @ V``,
+    ``torch._weight_norm(v, g)``): computed on θ, and remembered, so that a later use applies the same op to
+    each member's values of *every* perturbed argument (positional or keyword). A tuple result (``W.chunk(3)``)
+    is remembered element by element.
+
+    The record holds the result only weakly (``mode.derived`` maps ``id(out)`` to a weak reference): when the
+    forward drops the result, its record goes too, so a long ``generate()`` does not accumulate them."""
     if args and is_member_valued(mode, args[0]) and (in_place(func) or func is Tensor.__setitem__):
         raise ValueError(f"population mode: in-place {name_of(func)} on the perturbed {mode.name(args[0])}")
     out = func(*args, **kwargs)
-    index = next((i for i, a in enumerate(args) if is_member_valued(mode, a)), None)
-    if not isinstance(out, Tensor) or index is None:  # (a parameter passed as a keyword: a constant)
+    slots = [i for i, a in enumerate(args) if is_member_valued(mode, a)]
+    keys = [key for key, v in kwargs.items() if is_member_valued(mode, v)]
+    sources = tuple(args[i] for i in slots) + tuple(kwargs[key] for key in keys)
+    if not sources:
         return out
-    source = args[index]
 
-    def per_member(values: Tensor) -> Tensor:
-        def one(v: Tensor) -> Tensor:
-            return func(*args[:index], v, *args[index + 1 :], **kwargs)
+    def per_member(*values: Tensor) -> Any:  # values: (K, *shape) of each source, in ``sources`` order
+        def one(*vs: Tensor) -> Any:
+            call_args = list(args)
+            for i, v in zip(slots, vs):
+                call_args[i] = v
+            return func(*call_args, **(kwargs | dict(zip(keys, vs[len(slots) :]))))
 
-        return torch.func.vmap(one)(values)
+        return torch.func.vmap(one)(*values)
 
-    mode.derived[id(out)] = (out, source, per_member)
-    weakref.finalize(out, mode.derived.pop, id(out), None)
+    if isinstance(out, Tensor):
+        _remember(mode, out, sources, per_member)
+    elif isinstance(out, (tuple, list)):
+        for j, part in enumerate(out):
+            if isinstance(part, Tensor):
+                _remember(mode, part, sources, lambda *values, j=j: per_member(*values)[j])
     return out
+
+
+def _remember(mode: population_mode, out: Tensor, sources: tuple[Tensor, ...], fn: Any) -> None:
+    """Record ``out`` as derived from ``sources`` (held strongly: a chain of views stays resolvable) by
+    ``fn``; the record is dropped as soon as ``out`` itself is freed (before its id can be reused)."""
+    if id(out) in mode.perturbed:  # the op returned a parameter itself (``w.to(w.dtype)``): nothing derived
+        return
+    mode.derived[id(out)] = (weakref.ref(out), sources, fn)
+    weakref.finalize(out, mode.derived.pop, id(out), None)
 
 
 def vmap_fallback(mode: population_mode, func: Any, args: tuple, kwargs: dict) -> Any:

@@ -145,9 +145,8 @@ class population_mode(TorchFunctionMode):
         self.rows_per_member: int | None = None  # b, from the model's input (or the first batched call)
         self.seen: set[int] = set()
         self.plans: dict[Any, Any] = {}  # per context: RL calls the same layer every environment step
-        self.derived: dict[
-            int, tuple[Tensor, int, Any]
-        ] = {}  # id(view of a parameter) -> (view, id(param), fn)
+        # id(tensor computed from perturbed parameters) -> (weakref to it, its perturbed sources, fn)
+        self.derived: dict[int, tuple[Any, tuple[Tensor, ...], Any]] = {}
         self._hook: Any = None
         self._announce = _announce(self.info)
 
@@ -244,5 +243,5 @@ class population_mode(TorchFunctionMode):
     def name(self, param: Tensor) -> str:
         """The qualified name of a perturbed parameter (or of the one a derived view comes from)."""
         while id(param) in self.derived:
-            param = self.derived[id(param)][1]
+            param = self.derived[id(param)][1][0]  # (names the first source of a derived tensor)
         return self.names.get(id(param), "<parameter>")
