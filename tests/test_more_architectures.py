@@ -174,3 +174,28 @@ def test_derived_records_do_not_pile_up_over_many_forwards():
     EGGROLLTrainer(model.parameters(), model=model, fitness_fn=fitness, population_size=4, seed=0,
                    batched=True).step()  # fmt: skip
     assert max(sizes) <= 2
+
+
+# --------------------------------------------------------------------------- sequence-first, pooled
+class SequenceFirstClassifier(nn.Module):
+    """(T, B) tokens → sequence-first encoder (T, B, d) → mean over T → (B, d) → head: a batch-first tail."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(11, 8)
+        self.encoder = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=False)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, tokens):  # (T, B) -> (B, 3)
+        return self.head(self.encoder(self.embed(tokens)).mean(dim=0))
+
+
+def classifier_score(model, k):
+    tokens = torch.randint(0, 11, (ROWS, 5), generator=torch.Generator().manual_seed(4))  # (b, T)
+    logits = model(tokens.repeat(k, 1).T)  # (K·b, 3)
+    target = torch.arange(ROWS).repeat(k) % 3
+    return -nn.functional.cross_entropy(logits, target, reduction="none").view(k, ROWS).mean(dim=1)
+
+
+def test_sequence_first_model_that_pools():
+    assert_twins(twin_runs(lambda: SequenceFirstClassifier().eval(), classifier_score, batch_dim=1, rank=2))

@@ -61,11 +61,24 @@ def _route(mode: population_mode, func: Any, args: tuple, kwargs: dict) -> Any:
 
 
 def _sequence_first(mode: population_mode, func: Any, args: tuple, kwargs: dict) -> Any:
-    """batch_dim=1: bring the batch of every activation to the front, compute, and move it back."""
+    """batch_dim=1: bring the batch of every sequence-first activation to the front, compute, and move it back.
+
+    An activation already batch-first — a pooled ``(K·b, d)`` after ``mean(dim=0)`` — holds the K·b rows at
+    dimension 0 and not at dimension 1: it is left as it is, and so is the result."""
+    rows = mode.shared_rows()
+    moved = False
 
     def front(t: Any) -> Any:
-        return t.transpose(0, 1) if is_activation(mode, t) and t.dim() >= 2 else t
+        nonlocal moved
+        if not (is_activation(mode, t) and t.dim() >= 2):
+            return t
+        if t.shape[0] == rows and t.shape[1] not in (rows, 1):  # batch-first already (pooled)
+            return t
+        moved = True
+        return t.transpose(0, 1)
+
+    def back(o: Any) -> Any:
+        return o.transpose(0, 1) if moved and isinstance(o, Tensor) and o.dim() >= 2 else o
 
     out = _route(mode, func, tuple(front(a) for a in args), {key: front(v) for key, v in kwargs.items()})
-    return tuple(o.transpose(0, 1) if isinstance(o, Tensor) and o.dim() >= 2 else o for o in out) if isinstance(
-        out, tuple) else (out.transpose(0, 1) if isinstance(out, Tensor) and out.dim() >= 2 else out)  # fmt: skip
+    return tuple(back(o) for o in out) if isinstance(out, tuple) else back(out)
