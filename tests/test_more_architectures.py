@@ -199,3 +199,30 @@ def classifier_score(model, k):
 
 def test_sequence_first_model_that_pools():
     assert_twins(twin_runs(lambda: SequenceFirstClassifier().eval(), classifier_score, batch_dim=1, rank=2))
+
+
+# --------------------------------------------------------------------------- channels-last CNN
+class ChannelsLastCNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 3, padding=1)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):  # (B, 2, 6, 6) -> (B, 2)
+        return self.head(torch.relu(self.conv(x)).mean(dim=(2, 3)))
+
+
+def channels_last():
+    model = ChannelsLastCNN().to(memory_format=torch.channels_last)
+    assert not model.conv.weight.is_contiguous()
+    return model
+
+
+def image_score(model, k):
+    x = data(ROWS, 2, 6, 6).repeat(k, 1, 1, 1).contiguous(memory_format=torch.channels_last)
+    return -(model(x) - 0.5).pow(2).view(k, -1).mean(dim=1)
+
+
+def test_channels_last_cnn():
+    """Sequential mode writes low-rank noise into a kernel no (out, in·k·k) view exists of."""
+    assert_twins(twin_runs(channels_last, image_score, rank=2))

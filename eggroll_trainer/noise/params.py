@@ -182,8 +182,12 @@ class ParamNoise:
         if self.spec.low_rank:
             a_t, b_t = self.factors_t(pair, 1)
             a = self.masked_a_t(a_t[0]).T  # (m, r)
-            matrix = param if param.dim() == 2 else param.view(self.spec.matrix_shape)
-            matrix.addmm_(a, b_t[0], alpha=alpha / math.sqrt(self.spec.rank))
+            scale = alpha / math.sqrt(self.spec.rank)
+            if param.dim() == 2 or param.is_contiguous():
+                matrix = param if param.dim() == 2 else param.view(self.spec.matrix_shape)
+                matrix.addmm_(a, b_t[0], alpha=scale)
+            else:  # a kernel in another memory format (channels_last): no (m, n) view of it exists
+                param.add_(torch.mm(a, b_t[0]).view(self.spec.shape), alpha=scale)
         elif self.spec.zero_rows:
             param.add_(self.dense(torch.tensor([pair]), torch.tensor([1.0]))[0], alpha=alpha)
         else:
