@@ -225,12 +225,29 @@ def test_prompt_baseline_incomplete_or_bad_input_raises() -> None:
         PromptBaseline(4, scale="max")
 
 
-def test_generation_memory_components(tiny: Path) -> None:
+def test_generation_memory_matches_what_is_measured(tiny: Path) -> None:
+    """Each estimate against the bytes the real objects hold: the KV cache of a forward over K·P rows, the
+    model's tensors, and a trainer's θ₀, best member and Adam moments after a step."""
     model, _ = load_causal_lm(str(tiny))
     targets = select_targets(model)
-    mem = generation_memory(model, targets, members=8, rank=1, prompts=4, prompt_tokens=10, new_tokens=6)
-    # KV cache: 2 (k, v) × layers × rows × tokens × kv heads × head dim × 4 bytes
-    assert mem["KV cache"] == 2 * 2 * 32 * 16 * 2 * 8 * 4
+    members, prompts, prompt_tokens, new_tokens = 8, 4, 10, 6
+    mem = generation_memory(model, targets, members, 1, prompts, prompt_tokens, new_tokens)
+    tokens = torch.randint(3, 40, (members * prompts, prompt_tokens + new_tokens))
+    with torch.no_grad():
+        cache = model(input_ids=tokens, use_cache=True).past_key_values
+    held = [t for layer in cache.layers for t in (layer.keys, layer.values)]
+    assert mem["KV cache"] == sum(t.numel() * t.element_size() for t in held)
+    unique = {id(t): t for t in [*model.parameters(), *model.buffers()]}.values()
+    assert mem["weights"] == sum(t.numel() * t.element_size() for t in unique)
+
+    trainer = EGGROLLTrainer(targets.params, model=model, fitness_fn=lambda m: float(m.lm_head.weight.sum()),
+                             population_size=4, seed=0, optimizer="adam")  # fmt: skip
+    trainer.step()
+    held = trainer.trainer_memory()
+    assert mem["trainer: theta_0 + best member"] == held["best_member"] + held["initial_params"]
+    adam = generation_memory(model, targets, members, 1, prompts, prompt_tokens, new_tokens, optimizer="adam")
+    moments = [t for s in trainer.state.values() for key, t in s.items() if key in ("exp_avg", "exp_avg_sq")]
+    estimate = sum(p.numel() * p.element_size() for p in targets.params)  # ĝ: one value per trained weight
+    assert adam["update: ES estimate"] == estimate + sum(t.numel() * t.element_size() for t in moments)
+    assert mem["update: ES estimate"] == estimate
     assert mem["total (estimate)"] == sum(v for k, v in mem.items() if k != "total (estimate)")
-    adam = generation_memory(model, targets, 8, 1, 4, 10, 6, optimizer="adam")
-    assert adam["update: ES estimate"] == 3 * mem["update: ES estimate"]
