@@ -226,3 +226,68 @@ def image_score(model, k):
 def test_channels_last_cnn():
     """Sequential mode writes low-rank noise into a kernel no (out, in·k·k) view exists of."""
     assert_twins(twin_runs(channels_last, image_score, rank=2))
+
+
+# --------------------------------------------------------------------------- mixture of experts
+def tiny_mixtral(implementation="grouped_mm"):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.MixtralConfig(vocab_size=11, hidden_size=8, intermediate_size=12, num_hidden_layers=1,
+                                        num_attention_heads=2, num_key_value_heads=1, num_local_experts=3,
+                                        num_experts_per_tok=2, max_position_embeddings=16)  # fmt: skip
+    model = transformers.MixtralForCausalLM(config).eval()
+    model.config._experts_implementation = implementation
+    return model
+
+
+def lm_score(model, k):
+    tokens = torch.randint(0, 11, (ROWS, 6), generator=torch.Generator().manual_seed(5)).repeat(k, 1)  # (K·b, T)
+    logits = model(input_ids=tokens).logits
+    ce = nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), tokens[:, 1:], reduction="none")
+    return -ce.mean(dim=1).view(k, ROWS).mean(dim=1)
+
+
+def test_each_expert_gets_its_own_low_rank_noise():
+    model = tiny_mixtral()
+    stack = model.model.layers[0].mlp.experts.gate_up_proj  # (E, 2·inter, d)
+    theta = stack.detach().clone()
+    members = []
+
+    def fitness(m):
+        members.append(stack.detach() - theta)
+        return 0.0
+
+    EGGROLLTrainer(model.parameters(), model=model, fitness_fn=fitness, population_size=2, sigma=1.0, rank=2,
+                   seed=0).step()  # fmt: skip
+    delta = members[0]  # (E, out, in): member 0's σ E
+    assert all(int(torch.linalg.matrix_rank(delta[e])) == 2 for e in range(3))  # a rank-2 matrix per expert
+    flat = delta.flatten(1)
+    cosine = nn.functional.cosine_similarity(flat[0], flat[1], dim=0)
+    assert abs(float(cosine)) < 0.9  # two directions, not one direction scaled per expert
+
+
+@pytest.mark.parametrize("implementation", ["grouped_mm", "batched_mm"])
+@pytest.mark.parametrize("options", [dict(rank=1), dict(rank=2, chunk_size=3), dict(cls=VanillaESTrainer)],
+                         ids=["r1", "r2-chunk3", "full-rank"])  # fmt: skip
+def test_tiny_mixtral(implementation, options):
+    assert_twins(twin_runs(lambda: tiny_mixtral(implementation), lm_score, **options))
+
+
+def test_mixtral_expert_products_never_form_dense_member_weights(monkeypatch):
+    """Population mode on the expert stacks reads the members' factors: no member's dense E (K·E·m·n values
+    for the population) is ever made for them."""
+    from eggroll_trainer.noise.params import ParamNoise
+
+    dense_shapes = []
+    original = ParamNoise.dense
+
+    def watched(self, pairs, signs):
+        dense_shapes.append(tuple(self.spec.shape))
+        return original(self, pairs, signs)
+
+    monkeypatch.setattr(ParamNoise, "dense", watched)
+    model = tiny_mixtral()
+    stacks = {tuple(p.shape) for p in model.parameters() if p.dim() == 3}
+    EGGROLLTrainer(model.parameters(), model=model, fitness_fn=lambda m: lm_score(m, current_population().size),
+                   population_size=8, seed=0, batched=True).step()  # fmt: skip
+    assert dense_shapes  # the norms' weights do take their (K, d) values
+    assert not stacks & set(dense_shapes)

@@ -55,18 +55,27 @@ class NoiseSpec:
     """How one parameter is perturbed: ``rank`` r ≥ 1 for low-rank ``A Bᵀ/√r``, ``None`` for full rank.
 
     A low-rank tensor of more than two dimensions (a convolution kernel (out, in, kh, kw)) is read as the
-    matrix ``shape[0] × prod(shape[1:])``. ``zero_rows`` lists rows that are never perturbed nor updated
-    (an ``nn.Embedding``'s ``padding_idx``)."""
+    matrix ``shape[0] × prod(shape[1:])`` — unless ``experts``: a mixture-of-experts stack (E, m, n) is a batch
+    of E matrices, each with its own ``A_e B_eᵀ/√r`` (A (E, m, r), B (E, n, r)). ``zero_rows`` lists rows that
+    are never perturbed nor updated (an ``nn.Embedding``'s ``padding_idx``)."""
 
     shape: torch.Size
     rank: int | None
     zero_rows: tuple[int, ...] = ()
+    experts: bool = False
 
     def __post_init__(self) -> None:
         if self.rank is not None and len(self.shape) < 2:
             raise ValueError(
                 f"low-rank noise needs a tensor of 2 or more dimensions, got shape {tuple(self.shape)}"
             )
+        if self.experts and (self.rank is None or len(self.shape) != 3):
+            raise ValueError(f"expert noise needs low rank and a (E, m, n) tensor, got shape {tuple(self.shape)}")
+
+    @property
+    def num_experts(self) -> int:
+        """E for an expert stack, 1 for a single matrix."""
+        return int(self.shape[0]) if self.experts else 1
 
     @property
     def low_rank(self) -> bool:
@@ -74,15 +83,19 @@ class NoiseSpec:
 
     @functools.cached_property
     def matrix_shape(self) -> tuple[int, int]:
-        """(m, n): the matrix a low-rank perturbation lives in (``shape[0] × prod(shape[1:])``)."""
+        """(m, n): the matrix a low-rank perturbation lives in (``shape[0] × prod(shape[1:])``; one expert's
+        ``shape[1] × shape[2]`` for an expert stack)."""
+        if self.experts:
+            return int(self.shape[1]), int(self.shape[2])
         return int(self.shape[0]), math.prod(self.shape[1:])
 
     @functools.cached_property
     def length(self) -> int:
-        """Table values one member's noise occupies: (m + n)·r for low rank, numel for full rank."""
+        """Table values one member's noise occupies: E·(m + n)·r for low rank (E = 1 but for an expert stack),
+        numel for full rank."""
         if self.rank is not None:
             m, n = self.matrix_shape
-            return (m + n) * self.rank
+            return self.num_experts * (m + n) * self.rank
         return math.prod(self.shape)
 
 
@@ -138,15 +151,18 @@ class ParamNoise:
         return a_t.transpose(1, 2), b_t.transpose(1, 2)
 
     def factors_t(self, first: int = 0, count: int = 1) -> tuple[Tensor, Tensor]:
-        """The transposed factors as stored: Aᵀ (count, r, m), Bᵀ (count, r, n) — views."""
+        """The transposed factors as stored: Aᵀ (count, r, m), Bᵀ (count, r, n) — views; for an expert stack
+        Aᵀ (count, E, r, m), Bᵀ (count, E, r, n)."""
         key = (first, count)
         if key not in self._factor_views:  # the forward and the update ask for the same windows
             m, n = self.spec.matrix_shape
             r = self.spec.rank
             assert r is not None
+            e = self.spec.num_experts
+            lead = (e,) if self.spec.experts else ()
             self._factor_views[key] = (
-                self._window(first, count, 0, (r, m)),
-                self._window(first, count, m * r, (r, n)),
+                self._window(first, count, 0, (*lead, r, m)),
+                self._window(first, count, e * m * r, (*lead, r, n)),
             )
         return self._factor_views[key]
 
@@ -166,6 +182,10 @@ class ParamNoise:
         """Materialised E for the given pairs: (K, *shape) with E_k = s_k A_k B_kᵀ/√r or s_k ε_k.
 
         O(K·|θ_j|) — for parameters a forward uses directly (activation-sized) and for single members."""
+        if self.spec.experts:
+            a_t, b_t = self.factors_t(0, int(pairs.max()) + 1)
+            scale = signs.to(a_t.dtype).view(-1, 1, 1, 1) / math.sqrt(self.spec.rank)
+            return torch.matmul((a_t[pairs] * scale).transpose(-1, -2), b_t[pairs])  # (K, E, m, n)
         if self.spec.low_rank:
             a_t, b_t = self.factors_t(0, int(pairs.max()) + 1)
             a_t, b_t = self.masked_a_t(a_t[pairs]), b_t[pairs]  # (K, r, m), (K, r, n)
@@ -179,7 +199,10 @@ class ParamNoise:
 
     def perturb_(self, param: Tensor, pair: int, alpha: float) -> None:
         """In place: ``param += alpha · E_pair`` (alpha = ±σ), without materialising more than one E."""
-        if self.spec.low_rank:
+        if self.spec.experts:  # E matrices: param_e += α A_e B_eᵀ/√r
+            a_t, b_t = self.factors_t(pair, 1)  # (1, E, r, m), (1, E, r, n)
+            param.baddbmm_(a_t[0].transpose(1, 2), b_t[0], alpha=alpha / math.sqrt(self.spec.rank))
+        elif self.spec.low_rank:
             a_t, b_t = self.factors_t(pair, 1)
             a = self.masked_a_t(a_t[0]).T  # (m, r)
             scale = alpha / math.sqrt(self.spec.rank)
@@ -208,7 +231,13 @@ class ParamNoise:
         for first in range(0, total, chunk):
             count = min(chunk, total - first)
             w = weights if count == total else weights[first : first + count]
-            if self.spec.low_rank:
+            if self.spec.experts:  # per expert e: [w_1 A_1e … w_c A_ce] [B_1e … B_ce]ᵀ, one batched GEMM
+                a_t, b_t = self.factors_t(first, count)  # (c, E, r, m), (c, E, r, n)
+                c, e, r, m = a_t.shape
+                a = (a_t * w.to(a_t.dtype).view(c, 1, 1, 1)).permute(1, 3, 0, 2).reshape(e, m, c * r)
+                b = b_t.transpose(0, 1).reshape(e, c * r, -1)  # (E, c·r, n)
+                out = torch.bmm(a, b) if out is None else out.baddbmm_(a, b)
+            elif self.spec.low_rank:
                 m, n = self.spec.matrix_shape
                 r = self.spec.rank
                 a_t, b_t = self.factors_t(first, count)  # (c, r, m), (c, r, n)

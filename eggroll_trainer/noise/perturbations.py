@@ -33,6 +33,16 @@ def with_padding_rows(spec: NoiseSpec | None, param: Tensor, model: nn.Module) -
     return dataclasses.replace(spec, zero_rows=tuple(sorted(rows))) if rows else spec
 
 
+def is_expert_stack(param: Tensor, model: nn.Module) -> bool:
+    """Whether ``param`` is a mixture-of-experts stack (E, out, in) — Hugging Face Mixtral's, Qwen-MoE's
+    ``gate_up_proj``/``down_proj`` — rather than a 1-D convolution's kernel (out, in, k): a 3-D tensor that no
+    ``nn.Conv*`` module holds as its weight."""
+    if param.dim() != 3:
+        return False
+    convs = (nn.modules.conv._ConvNd,)
+    return not any(isinstance(m, convs) and m.weight is param for m in model.modules())
+
+
 def table_size(specs: list[NoiseSpec | None], requested: int | None, pairs: int) -> int:
     """Values in the shared noise table: ``requested``, or sized from the parameters (at most 2^25).
 

@@ -12,6 +12,7 @@ from .attention import multi_head_attention
 from .convolution import conv
 from .elementwise import elementwise, norm
 from .embedding import embedding
+from .experts import BMM, GROUPED_MM, expert_bmm, grouped_mm
 from .fallback import derive, vmap_fallback
 from .members import is_activation, is_member_valued
 from .mode import population_mode
@@ -55,6 +56,10 @@ def _route(mode: population_mode, func: Any, args: tuple, kwargs: dict) -> Any:
         return conv(mode, func, args, kwargs)
     if func in NORMS:
         return norm(mode, func, args, kwargs)
+    if func in GROUPED_MM or func in BMM:  # expert stacks (E, m, n) of a mixture of experts
+        out = grouped_mm(mode, func, args, kwargs) if func in GROUPED_MM else expert_bmm(mode, args, kwargs)
+        if out is not None:
+            return out
     if func in ELEMENTWISE and len(args) >= 2:
         return elementwise(mode, func, args, kwargs)
     return vmap_fallback(mode, func, args, kwargs)

@@ -39,21 +39,22 @@ def derive(mode: population_mode, func: Any, args: tuple, kwargs: dict) -> Any:
 
         return torch.func.vmap(one)(*values)
 
+    recipe = (func, args, kwargs)  # how it was made: an expert handler reads ``W[expert_ids]`` back from it
     if isinstance(out, Tensor):
-        _remember(mode, out, sources, per_member)
+        _remember(mode, out, sources, per_member, recipe)
     elif isinstance(out, (tuple, list)):
         for j, part in enumerate(out):
             if isinstance(part, Tensor):
-                _remember(mode, part, sources, lambda *values, j=j: per_member(*values)[j])
+                _remember(mode, part, sources, lambda *values, j=j: per_member(*values)[j], None)
     return out
 
 
-def _remember(mode: population_mode, out: Tensor, sources: tuple[Tensor, ...], fn: Any) -> None:
+def _remember(mode: population_mode, out: Tensor, sources: tuple[Tensor, ...], fn: Any, recipe: Any) -> None:
     """Record ``out`` as derived from ``sources`` (held strongly: a chain of views stays resolvable) by
     ``fn``; the record is dropped as soon as ``out`` itself is freed (before its id can be reused)."""
     if id(out) in mode.perturbed:  # the op returned a parameter itself (``w.to(w.dtype)``): nothing derived
         return
-    mode.derived[id(out)] = (weakref.ref(out), sources, fn)
+    mode.derived[id(out)] = (weakref.ref(out), sources, fn, recipe)
     weakref.finalize(out, mode.derived.pop, id(out), None)
 
 

@@ -24,7 +24,7 @@ def member_delta(mode: population_mode, param: Tensor) -> Tensor:
 def member_values(mode: population_mode, t: Tensor) -> Tensor:
     """θ + σ s_i E_i for every member (K, *shape), of a perturbed parameter or of a view derived from one."""
     if id(t) in mode.derived:
-        _, sources, fn = mode.derived[id(t)]
+        _, sources, fn, _ = mode.derived[id(t)]
         return fn(*(member_values(mode, source) for source in sources))
     mode.seen.add(id(t))
     return member_delta(mode, t) + t

@@ -145,22 +145,26 @@ class population_mode(TorchFunctionMode):
         self.rows_per_member: int | None = None  # b, from the model's input (or the first batched call)
         self.seen: set[int] = set()
         self.plans: dict[Any, Any] = {}  # per context: RL calls the same layer every environment step
-        # id(tensor computed from perturbed parameters) -> (weakref to it, its perturbed sources, fn)
-        self.derived: dict[int, tuple[Any, tuple[Tensor, ...], Any]] = {}
+        # id(tensor computed from perturbed parameters) -> (weakref to it, its perturbed sources, fn, recipe)
+        self.derived: dict[int, tuple[Any, tuple[Tensor, ...], Any, Any]] = {}
         self._hook: Any = None
         self._announce = _announce(self.info)
 
     # ----------------------------------------------------------------------------------- context
     def __enter__(self) -> population_mode:
         from .dispatch import dispatch  # the handlers import this module
+        from .experts import watch_routing
 
         self._dispatch = dispatch
         self._hook = self.model.register_forward_pre_hook(self._root_input, with_kwargs=True)
+        self._routing_hooks = watch_routing(self)  # expert stacks: which member owns a sorted row
         try:
             self._announce.__enter__()
             super().__enter__()
         except BaseException:
             self._hook.remove()
+            for hook in self._routing_hooks:
+                hook.remove()
             raise
         return self
 
@@ -170,6 +174,8 @@ class population_mode(TorchFunctionMode):
         finally:
             self._announce.__exit__(None, None, None)
             self._hook.remove()
+            for hook in self._routing_hooks:
+                hook.remove()
             self.derived.clear()
 
     def warn_unused(self) -> None:

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..noise.params import NoiseSpec
+from ..noise.perturbations import is_expert_stack
 from ..validation import check, is_int
 from .base import ESTrainer
 from .evaluation import FitnessFn
@@ -23,7 +24,8 @@ class EGGROLLTrainer(ESTrainer):
     \ \text{entries i.i.d. } \mathcal N(0, 1),$$
 
     A tensor of more dimensions (a convolution kernel (out, in, kh, kw)) is read as the matrix
-    out × (in·kh·kw); 1-D parameters (biases, norm weights) get full-rank noise, or none with
+    out × (in·kh·kw) — except a mixture-of-experts stack (E, out, in) (a 3-D tensor that is no convolution's
+    kernel), whose E experts each get their own $A_{k,e} B_{k,e}^\top/\sqrt r$; 1-D parameters (biases, norm weights) get full-rank noise, or none with
     `freeze_nonlora=True`. The estimate
 
     $$\hat g_W = \frac{1}{N\sigma} \sum_i \tilde f_i\, s_i E_{k(i)}
@@ -82,6 +84,8 @@ class EGGROLLTrainer(ESTrainer):
         )  # fmt: skip
 
     def _noise_spec(self, param: Tensor) -> NoiseSpec | None:
+        if is_expert_stack(param, self.model):  # (E, out, in): each expert its own A_e B_eᵀ/√r
+            return NoiseSpec(param.shape, rank=self.rank, experts=True)
         if param.dim() >= 2:  # a matrix, or a kernel read as out × (in·kh·kw)
             return NoiseSpec(param.shape, rank=self.rank)
         return None if self.freeze_nonlora else NoiseSpec(param.shape, rank=None)
