@@ -42,7 +42,12 @@ def twin_runs(build, score, cls=EGGROLLTrainer, generations=2, **options):
         bat.step()
     seq_params = [p.detach() for p in seq_model.parameters()]
     bat_params = [p.detach() for p in bat_model.parameters()]
-    return torch.tensor(seq_scores, dtype=torch.float64), torch.cat(bat_scores).double(), seq_params, bat_params
+    return (
+        torch.tensor(seq_scores, dtype=torch.float64),
+        torch.cat(bat_scores).double(),
+        seq_params,
+        bat_params,
+    )
 
 
 def assert_twins(runs):
@@ -240,7 +245,9 @@ def tiny_mixtral(implementation="grouped_mm"):
 
 
 def lm_score(model, k):
-    tokens = torch.randint(0, 11, (ROWS, 6), generator=torch.Generator().manual_seed(5)).repeat(k, 1)  # (K·b, T)
+    tokens = torch.randint(0, 11, (ROWS, 6), generator=torch.Generator().manual_seed(5)).repeat(
+        k, 1
+    )  # (K·b, T)
     logits = model(input_ids=tokens).logits
     ce = nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), tokens[:, 1:], reduction="none")
     return -ce.mean(dim=1).view(k, ROWS).mean(dim=1)
@@ -291,3 +298,13 @@ def test_mixtral_expert_products_never_form_dense_member_weights(monkeypatch):
                    population_size=8, seed=0, batched=True).step()  # fmt: skip
     assert dense_shapes  # the norms' weights do take their (K, d) values
     assert not stacks & set(dense_shapes)
+
+
+def test_mixtral_eager_experts_loop_is_refused_by_name():
+    model = tiny_mixtral("eager")
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer = EGGROLLTrainer(model.parameters(), model=model, population_size=4, seed=0, batched=True,
+                             fitness_fn=lambda m: lm_score(m, current_population().size))  # fmt: skip
+    with pytest.raises(ValueError, match=r"experts\.gate_up_proj.*_experts_implementation"):
+        trainer.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))

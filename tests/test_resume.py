@@ -122,7 +122,13 @@ def test_settings_are_saved_by_name_and_load_with_weights_only():
     buffer.seek(0)
     es = torch.load(buffer, weights_only=True)["es"]
     assert es["fitness_shaping"] == f"{__name__}.my_shaping"
-    assert (es["rank"], es["antithetic"], es["noise_reuse"], es["group_size"], es["elite_k"]) == (2, True, 3, 0, 1)
+    assert (es["rank"], es["antithetic"], es["noise_reuse"], es["group_size"], es["elite_k"]) == (
+        2,
+        True,
+        3,
+        0,
+        1,
+    )
     # the same shaping given as its name or as the built-in function is the same setting
     state = build_trainer(make_model(), fitness_shaping="centered_rank").state_dict()
     from eggroll_trainer import centered_rank

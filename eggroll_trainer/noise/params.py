@@ -70,7 +70,9 @@ class NoiseSpec:
                 f"low-rank noise needs a tensor of 2 or more dimensions, got shape {tuple(self.shape)}"
             )
         if self.experts and (self.rank is None or len(self.shape) != 3):
-            raise ValueError(f"expert noise needs low rank and a (E, m, n) tensor, got shape {tuple(self.shape)}")
+            raise ValueError(
+                f"expert noise needs low rank and a (E, m, n) tensor, got shape {tuple(self.shape)}"
+            )
 
     @property
     def num_experts(self) -> int:

@@ -33,7 +33,9 @@ from torch import Tensor
 from .mode import population_mode
 
 #: The grouped GEMMs of ``transformers.integrations.moe`` (whichever this torch has).
-GROUPED_MM = {f for f in (getattr(F, "grouped_mm", None), getattr(torch, "_grouped_mm", None)) if f is not None}
+GROUPED_MM = {
+    f for f in (getattr(F, "grouped_mm", None), getattr(torch, "_grouped_mm", None)) if f is not None
+}
 BMM = {torch.bmm, Tensor.bmm}
 
 
@@ -98,7 +100,9 @@ def _stack_of(mode: population_mode, weight: Tensor) -> tuple[Tensor, bool] | No
     return (stack, True) if transposed else None
 
 
-def _delta(mode: population_mode, stack: Tensor, x: Tensor, member: Tensor, expert: Tensor, transposed: bool) -> Tensor:
+def _delta(
+    mode: population_mode, stack: Tensor, x: Tensor, member: Tensor, expert: Tensor, transposed: bool
+) -> Tensor:
     """Each row's noise term, (S, out): x (S, in) of member ``member[s]`` through expert ``expert[s]``."""
     entry = mode.perturbed[id(stack)]
     noise, sl = entry.noise, mode.slice
@@ -107,7 +111,9 @@ def _delta(mode: population_mode, stack: Tensor, x: Tensor, member: Tensor, expe
     if noise.spec.low_rank:
         a_t, b_t = noise.factors_t(0, sl.pair_end)  # (P, E, r, m), (P, E, r, n)
         a_sel, b_sel = a_t[pair, expert], b_t[pair, expert]  # (S, r, m), (S, r, n)
-        into, out_of = (b_sel, a_sel) if transposed else (a_sel, b_sel)  # y = x Pᵀ: (x B) Aᵀ; y = x P: (x A) Bᵀ
+        into, out_of = (
+            (b_sel, a_sel) if transposed else (a_sel, b_sel)
+        )  # y = x Pᵀ: (x B) Aᵀ; y = x P: (x A) Bᵀ
         t = torch.bmm(into, x.unsqueeze(-1))  # (S, r, 1)
         delta = torch.bmm(t.transpose(1, 2), out_of).squeeze(1)  # (S, out)
         scale = entry.sigma / math.sqrt(noise.spec.rank)
@@ -176,4 +182,23 @@ def expert_bmm(mode: population_mode, args: tuple, kwargs: dict) -> Tensor | Non
     return None
 
 
-__all__ = ["GROUPED_MM", "BMM", "Routing", "watch_routing", "grouped_mm", "expert_bmm"]
+def refuse_one_expert(mode: population_mode, args: tuple, kwargs: dict) -> None:
+    """Raise ``ValueError`` for a call on one expert ``P[e]`` of a stack (the ``"eager"`` experts loop): its rows
+    are the tokens routed to e, gathered in the module, so which member owns a row is unknown."""
+    for a in (*args, *kwargs.values()):
+        record = mode.derived.get(id(a)) if isinstance(a, Tensor) else None
+        recipe = record[3] if record is not None else None
+        if recipe is None or recipe[0] is not Tensor.__getitem__ or not recipe[1]:
+            continue
+        stack, index = recipe[1][0], recipe[1][1] if len(recipe[1]) > 1 else None
+        one = isinstance(index, int) or (isinstance(index, Tensor) and index.dim() == 0)
+        if ("expert stack", id(stack)) in mode.plans and one:
+            raise ValueError(
+                f"population mode: one expert of {mode.name(stack)} is used on rows gathered by the routing (the "
+                "'eager' experts loop), so the rows' members are unknown; set "
+                "model.config._experts_implementation = 'grouped_mm' (or 'batched_mm'), or use sequential "
+                "evaluation (batched=False)"
+            )
+
+
+__all__ = ["GROUPED_MM", "BMM", "Routing", "watch_routing", "grouped_mm", "expert_bmm", "refuse_one_expert"]

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .experts import refuse_one_expert
 from .members import in_place, is_activation, is_member_valued, member_values, name_of
 from .mode import population_mode
 
@@ -61,6 +62,7 @@ def _remember(mode: population_mode, out: Tensor, sources: tuple[Tensor, ...], f
 def vmap_fallback(mode: population_mode, func: Any, args: tuple, kwargs: dict) -> Any:
     """Any other call: ``torch.func.vmap`` over the members, each with its dense parameter values and its
     own rows of every batched input."""
+    refuse_one_expert(mode, args, kwargs)
     k = mode.info.size
     flat = list(args) + list(kwargs.values())
     inputs, in_dims, batched = [], [], False

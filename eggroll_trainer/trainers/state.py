@@ -215,7 +215,9 @@ class ESOptimizer(torch.optim.Optimizer):
             "fitness_history": list(self.fitness_history),
             "best_fitness": self.best_fitness,
             "best_params": None if self._best_params is None else [t.clone() for t in self._best_params],
-            **run_settings(self),  # rank, antithetic, noise_reuse, group_size, elite_k, shaping: checked on load
+            **run_settings(
+                self
+            ),  # rank, antithetic, noise_reuse, group_size, elite_k, shaping: checked on load
         }
         for packed in state["param_groups"]:  # a callable rule is saved by name (loads with weights_only)
             packed["optimizer"] = describe_rule(packed["optimizer"])
