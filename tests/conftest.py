@@ -97,3 +97,28 @@ def linear_member_noise(model, rank=None, pairs=3):
     table = torch.randn(1 << 12, generator=torch.Generator().manual_seed(0))
     return [ParamNoise(table, NoiseSpec(p.shape, rank=rank if p.dim() == 2 else None), 7 + j, pairs)
             for j, p in enumerate(model.parameters())]  # fmt: skip
+
+
+def twin_runs(cls, model, seq_fitness, bat_fitness, generations=3, **options):
+    """A sequential and a batched trainer side by side on copies of ``model``: both runs' scores (float64)
+    and final parameters."""
+    seq_model, bat_model = copy.deepcopy(model), copy.deepcopy(model)
+    seq_scores, bat_scores = [], []
+
+    def record(store, fn):
+        def wrapped(m):
+            value = fn(m)
+            store.append(torch.as_tensor(value, dtype=torch.float64).reshape(-1))
+            return value
+
+        return wrapped
+
+    base = dict(population_size=12, learning_rate=0.01, sigma=0.05, seed=7)
+    base.update(options)
+    seq = cls(seq_model.parameters(), model=seq_model, fitness_fn=record(seq_scores, seq_fitness), **base)
+    bat = cls(bat_model.parameters(), model=bat_model, fitness_fn=record(bat_scores, bat_fitness), batched=True,
+              **base)  # fmt: skip
+    for _ in range(generations):
+        seq.step()
+        bat.step()
+    return torch.cat(seq_scores), torch.cat(bat_scores), params_of(seq_model), params_of(bat_model)

@@ -1,37 +1,11 @@
 """Population mode: one forward for all members gives what member-by-member evaluation gives."""
 
-import copy
-
 import pytest
 import torch
-from conftest import make_data, make_model, neg_mse, neg_mse_batched, params_of
+from conftest import make_data, make_model, neg_mse, neg_mse_batched, twin_runs
 from torch import nn
 
 from eggroll_trainer import EGGROLLTrainer, VanillaESTrainer, current_population
-
-
-def twin_runs(cls, model, seq_fitness, bat_fitness, generations=3, **options):
-    seq_model, bat_model = copy.deepcopy(model), copy.deepcopy(model)
-    seq_scores, bat_scores = [], []
-
-    def record(store, fn):
-        def wrapped(m):
-            value = fn(m)
-            store.append(torch.as_tensor(value, dtype=torch.float64).reshape(-1))
-            return value
-
-        return wrapped
-
-    base = dict(population_size=12, learning_rate=0.01, sigma=0.05, seed=7)
-    base.update(options)
-    seq = cls(seq_model.parameters(), model=seq_model, fitness_fn=record(seq_scores, seq_fitness), **base)
-    bat = cls(bat_model.parameters(), model=bat_model, fitness_fn=record(bat_scores, bat_fitness), batched=True,
-              **base)  # fmt: skip
-    for _ in range(generations):
-        seq.step()
-        bat.step()
-    return torch.cat(seq_scores), torch.cat(bat_scores), params_of(seq_model), params_of(bat_model)
-
 
 CASES = [
     (EGGROLLTrainer, dict(rank=1)),

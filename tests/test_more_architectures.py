@@ -6,10 +6,9 @@ biases, a factorised ``U @ V`` weight, a weight-normed layer, a sequence-first m
 channels-last CNN and a tiny Mixtral (3-D expert weights).
 """
 
-import copy
-
 import pytest
 import torch
+from conftest import twin_runs as batched_and_sequential
 from torch import nn
 
 from eggroll_trainer import EGGROLLTrainer, VanillaESTrainer, current_population
@@ -18,36 +17,14 @@ ROWS = 3  # rows per member
 
 
 def twin_runs(build, score, cls=EGGROLLTrainer, generations=2, **options):
-    """Run a sequential and a batched trainer side by side on copies of ``build()``; ``score(model, k)`` gives
-    (k,) scores for k members stacked member-major. Returns both runs' scores and final parameters."""
+    """Sequential and batched runs of ``build()``; ``score(model, k)`` gives (k,) scores for k members stacked
+    member-major (k = 1: sequential)."""
     torch.manual_seed(0)
-    model = build()
-    seq_model, bat_model = copy.deepcopy(model), copy.deepcopy(model)
-    seq_scores, bat_scores = [], []
-
-    def sequential(m):
-        seq_scores.append(float(score(m, 1)[0]))
-        return seq_scores[-1]
-
-    def batched(m):
-        bat_scores.append(score(m, current_population().size))
-        return bat_scores[-1]
-
-    base = dict(population_size=8, learning_rate=0.002, sigma=0.05, seed=3)
-    base.update(options)
-    seq = cls(seq_model.parameters(), model=seq_model, fitness_fn=sequential, **base)
-    bat = cls(bat_model.parameters(), model=bat_model, fitness_fn=batched, batched=True, **base)
-    for _ in range(generations):
-        seq.step()
-        bat.step()
-    seq_params = [p.detach() for p in seq_model.parameters()]
-    bat_params = [p.detach() for p in bat_model.parameters()]
-    return (
-        torch.tensor(seq_scores, dtype=torch.float64),
-        torch.cat(bat_scores).double(),
-        seq_params,
-        bat_params,
-    )
+    base = dict(population_size=8, learning_rate=0.002, sigma=0.05, seed=3) | options
+    return batched_and_sequential(
+        cls, build(), lambda m: float(score(m, 1)[0]), lambda m: score(m, current_population().size), generations,
+        **base,
+    )  # fmt: skip
 
 
 def assert_twins(runs):

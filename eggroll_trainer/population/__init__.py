@@ -13,9 +13,9 @@ modules has one noise):
 
 * products — ``F.linear`` (``nn.Linear`` and its subclasses, Llama's projections, a tied ``lm_head``),
   ``torch.addmm``/``matmul`` with the weight on the right (Hugging Face ``Conv1D``), ``F.embedding``,
-  ``F.conv1d``/``F.conv2d``, ``F.multi_head_attention_forward`` — get the shared base product plus each
-  member's rank-r term (``products``, ``embedding``, ``convolution``, ``attention``); nothing of size
-  K·m·n exists;
+  ``F.conv1d``/``F.conv2d``, ``F.multi_head_attention_forward``, ``grouped_mm``/``bmm`` on a mixture-of-experts
+  stack — get the shared base product plus each member's rank-r term (``products``, ``embedding``,
+  ``convolution``, ``attention``, ``experts``); nothing of size K·m·n exists;
 * elementwise uses (a norm's weight, a learned position table added to the activations) and norms
   (``F.layer_norm``, ``F.rms_norm``) get the member's values at that one use, activation-sized;
 * anything else falls back to ``torch.func.vmap`` over the members *of that one call*, with the member's

@@ -192,7 +192,7 @@ def refuse_one_expert(mode: population_mode, args: tuple, kwargs: dict) -> None:
             continue
         stack, index = recipe[1][0], recipe[1][1] if len(recipe[1]) > 1 else None
         one = isinstance(index, int) or (isinstance(index, Tensor) and index.dim() == 0)
-        if ("expert stack", id(stack)) in mode.plans and one:
+        if ("routing", id(stack)) in mode.plans and one:  # its module was called with a routing
             raise ValueError(
                 f"population mode: one expert of {mode.name(stack)} is used on rows gathered by the routing (the "
                 "'eager' experts loop), so the rows' members are unknown; set "
