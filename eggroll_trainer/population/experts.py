@@ -59,7 +59,9 @@ def _is_stack(mode: population_mode, p: Tensor) -> bool:
 def watch_routing(mode: population_mode) -> list[Any]:
     """Forward pre-hooks on every module that holds a perturbed expert stack as a direct parameter: each call
     records its routing for the stack's ``grouped_mm`` (the handles, to remove on exit)."""
-    handles = []
+    handles: list[Any] = []
+    if not any(len(entry.noise.spec.shape) == 3 for entry in mode.perturbed.values()):
+        return handles  # no stack: no walk over the modules (population mode is entered every RL step)
     for module in mode.model.modules():
         if isinstance(module, torch.nn.modules.conv._ConvNd):
             continue
