@@ -17,7 +17,7 @@ def twin_runs(cls, model, seq_fitness, bat_fitness, generations=3, **options):
     def record(store, fn):
         def wrapped(m):
             value = fn(m)
-            store.append(torch.as_tensor(value, dtype=torch.float64).reshape(-1))
+            store.append(torch.as_tensor(value, dtype=torch.float64).reshape(-1).cpu())
             return value
 
         return wrapped
@@ -47,9 +47,9 @@ CASES = [
 
 @pytest.mark.parametrize("norm", [False, True], ids=["mlp", "layernorm"])
 @pytest.mark.parametrize("cls, options", CASES)
-def test_batched_equals_sequential(cls, options, norm):
-    x, y = make_data()
-    model = make_model(norm=norm)
+def test_batched_equals_sequential(cls, options, norm, device):
+    x, y = (t.to(device) for t in make_data())
+    model = make_model(norm=norm).to(device)
     seq_scores, bat_scores, seq_params, bat_params = twin_runs(
         cls, model, neg_mse(x, y), neg_mse_batched(x, y), **options
     )
