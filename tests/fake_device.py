@@ -94,8 +94,8 @@ _DATA_FACTORIES = {torch.tensor, torch.as_tensor, torch.asarray}
 
 class _DataFactories(TorchFunctionMode):
     """``torch.tensor(data, device=…)`` and indexing with Python lists (``t[..., [0, 2]]``, whose index tensor
-    torch builds on ``t``'s device) build their tensors in C++: give them values here. ``.numpy()`` fails as
-    on CUDA."""
+    torch builds on ``t``'s device) build their tensors in C++: give them values here. ``p.data = t`` swaps
+    the values too. ``.numpy()`` fails as on CUDA."""
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
@@ -104,12 +104,17 @@ class _DataFactories(TorchFunctionMode):
             return OnOther(func(*args, **{**kwargs, "device": "cpu"}))
         if func is torch.Tensor.numpy and isinstance(args[0], OnOther):  # CUDA's message and type
             raise TypeError(f"can't convert {OTHER} device type tensor to numpy. Use Tensor.cpu() first.")
+        if func == _SET_DATA and isinstance(args[0], OnOther) and isinstance(args[1], OnOther):
+            func(*args, **kwargs)  # the wrapper's dtype and shape
+            args[0].elem = args[1].elem  # and the values it computes with
+            return None
         if func in _INDEXING and isinstance(args[0], OnOther):
             args = (args[0], _list_indices(args[1]), *args[2:])
         return func(*args, **kwargs)
 
 
 _INDEXING = {torch.Tensor.__getitem__, torch.Tensor.__setitem__}
+_SET_DATA = torch.Tensor.data.__set__  # type: ignore[attr-defined]
 
 
 def _list_indices(index: Any) -> Any:

@@ -60,9 +60,9 @@ CASES = {
 }
 
 
-def run(cls, options, device, generations=2):
+def run(cls, options, device, generations=2, dtype=torch.float32):
     torch.manual_seed(0)
-    model = Tagger().to(device)
+    model = Tagger().to(device=device, dtype=dtype)
     data = tokens().to(device)
     fitness = batched_fitness(data) if options.get("batched") else sequential_fitness(data)
     trainer = cls(model.parameters(), model=model, fitness_fn=fitness, population_size=8, sigma=0.1,
@@ -101,6 +101,18 @@ def test_trainers_run_on_another_device_and_match_the_cpu(case):
     assert all(torch.equal(a, b) for a, b in zip(values, cpu_values(cpu_model)))
     assert all(torch.equal(a, b) for a, b in zip(best, cpu_values(cpu_trainer.get_best_model())))
     assert trainer.fitness_history == cpu_trainer.fitness_history
+
+
+def test_bf16_with_master_copies_on_another_device_matches_the_cpu():
+    cls, options = CASES["eggroll-batched-odd-chunks"]
+    cpu_model, cpu_trainer = run(cls, options, "cpu", dtype=torch.bfloat16)
+    with OtherDevice():
+        model, trainer = run(cls, options, OTHER, dtype=torch.bfloat16)
+        masters = [m.cpu() for m in trainer.state_dict()["es"]["master_params"]]
+        values = cpu_values(model)
+    assert trainer.trainer_memory()["master_params"] > 0
+    assert all(torch.equal(a, b) for a, b in zip(values, cpu_values(cpu_model)))
+    assert all(torch.equal(a, b) for a, b in zip(masters, cpu_trainer.state_dict()["es"]["master_params"]))
 
 
 def test_flat_hooks_run_on_another_device():
