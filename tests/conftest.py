@@ -98,11 +98,18 @@ test_device_name.__test__ = False  # a helper, not a test
 
 
 def pytest_configure(config):
+    config.addinivalue_line("markers", "device: takes the device fixture (select the CUDA subset: -m device)")
     name = test_device_name(config)
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise pytest.UsageError(f"--device {name}: CUDA is not available")
     if name != "other":
         torch.device(name)  # a clear error for a bad name, before any test runs
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "device" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.device)
 
 
 def pytest_report_header(config):
