@@ -20,7 +20,8 @@ Scripts in ``benchmarks/`` run as ``python benchmarks/<name>.py``, so this file 
 * ``write_csv(path, rows)``, ``markdown_table(header, rows)``, ``write_markdown(path, lines)``.
 * On an accelerator: ``synced(fn, device)`` (a call that returns when the device is done, so wall-clock
   timing is right), ``on_device(device, **versions)`` (``machine()`` plus the device's name, for captions)
-  and ``device_tag(device, dtype)`` (for result file names).
+  ``device_tag(device, dtype)`` (for result file names) and ``device_peak_mib(fn, device)`` (device memory
+  one call adds at its peak).
 """
 
 from __future__ import annotations
@@ -199,6 +200,18 @@ def peak_rss_bytes(fn: Callable[[], Any]) -> int:
     base = rss()["VmRSS"]
     fn()
     return rss()["VmHWM"] - base
+
+
+def device_peak_mib(fn: Callable[[], Any], device: torch.device) -> float | None:
+    """Device memory (MiB) one call of ``fn`` adds at its peak (``None`` off CUDA: see ``peak_rss_bytes``)."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - base) / 2**20
 
 
 # ------------------------------------------------------------------------------------------ results

@@ -33,7 +33,16 @@ from typing import Any
 
 import torch
 import transformers
-from common import RESULTS, device_tag, markdown_table, on_device, synced, write_csv, write_markdown
+from common import (
+    RESULTS,
+    device_peak_mib,
+    device_tag,
+    markdown_table,
+    on_device,
+    synced,
+    write_csv,
+    write_markdown,
+)
 
 from eggroll_trainer import EGGROLLTrainer, current_population
 from eggroll_trainer.llm.models import select_targets
@@ -89,18 +98,6 @@ class Generation:
         synced(lambda: self.generate(self.members), self.device)()
 
 
-def peak_added(fn: Any, device: torch.device) -> float | None:
-    """Device memory (MiB) one call adds at its peak (``None`` off CUDA)."""
-    if device.type != "cuda":
-        return None
-    torch.cuda.synchronize(device)
-    base = torch.cuda.memory_allocated(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    fn()
-    torch.cuda.synchronize(device)
-    return (torch.cuda.max_memory_allocated(device) - base) / 2**20
-
-
 def measure(gen: Generation, trainer: EGGROLLTrainer, reps: int, label: str) -> dict[str, Any]:
     gen.plain()
     trainer.step()  # warm-up (and, compiled, the compilation)
@@ -136,7 +133,7 @@ def run(
                              sigma=SIGMA, rank=1, freeze_nonlora=True, batched=True, seed=SEED,
                              track_best=False)  # fmt: skip
     info = dict(params=sum(p.numel() for p in model.parameters()), targets=targets.numel,
-                plain_peak_mib=peak_added(gen.plain, device), step_peak_mib=peak_added(trainer.step, device))  # fmt: skip
+                plain_peak_mib=device_peak_mib(gen.plain, device), step_peak_mib=device_peak_mib(trainer.step, device))  # fmt: skip
     rows = [measure(gen, trainer, args.reps, "eager")]
     print(rows[-1], flush=True)
     if args.compile:

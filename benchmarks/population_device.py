@@ -31,6 +31,7 @@ import torch
 from common import (
     RESULTS,
     Case,
+    device_peak_mib,
     device_tag,
     markdown_table,
     median_ratio,
@@ -107,18 +108,6 @@ def setup(w: Workload, device: torch.device, dtype: torch.dtype, repeats: int = 
     return model, fitness, trainer, synced(plain, device)
 
 
-def peak_added(fn: Any, device: torch.device) -> float | None:
-    """Device memory (MiB) one call of ``fn`` adds at its peak (``None`` off CUDA)."""
-    if device.type != "cuda":
-        return None
-    torch.cuda.synchronize(device)
-    base = torch.cuda.memory_allocated(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    fn()
-    torch.cuda.synchronize(device)
-    return (torch.cuda.max_memory_allocated(device) - base) / 2**20
-
-
 def bench(workloads: tuple[Workload, ...], device: torch.device, dtype: torch.dtype, reps: int) -> list[dict]:
     cases, steady = [], []
     for w in workloads:
@@ -146,7 +135,7 @@ def bench(workloads: tuple[Workload, ...], device: torch.device, dtype: torch.dt
             plain_ms=statistics.median(gen.plain_s) * 1e3, forward_ms=statistics.median(per_rep) * 1e3,
             plain_over_forward=median_ratio(fwd.plain_s, per_rep), generation_ms=statistics.median(gen.fn_s) * 1e3,
             generation_over_plain=median_ratio(gen.fn_s, gen.plain_s),
-            plain_peak_mib=peak_added(plain, device), generation_peak_mib=peak_added(trainer.step, device),
+            plain_peak_mib=device_peak_mib(plain, device), generation_peak_mib=device_peak_mib(trainer.step, device),
         ))  # fmt: skip
         print(rows[-1], flush=True)
     return rows

@@ -90,9 +90,7 @@ class ESOptimizer(torch.optim.Optimizer):
         self.track_best = bool(track_best)
         self._best_params: list[Tensor] | None = None
         self._initial_params: list[Tensor] | None = None  # θ₀ on the CPU, copied before the first update
-        self._masters = MasterWeights(
-            master_weights
-        )  # fp32 copies of 16-bit parameters, from the first update
+        self._masters = MasterWeights(master_weights)  # fp32 copies of 16-bit parameters, made when stepped
         self._rules = build_rules(self.param_groups, self.state)  # torch.optim optimizers on our groups
 
     # ------------------------------------------------------------------------------ properties
