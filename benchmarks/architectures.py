@@ -18,7 +18,11 @@ per-repetition ratios, so load from other processes hits both sides alike. Goals
 Run:
     python benchmarks/architectures.py            # 1 and 2 threads (~3 min on 2 cores)
     python benchmarks/architectures.py --reps 5   # quicker
-Writes ``benchmarks/results/architectures.md`` (included by docs/benchmarks.md) and ``architectures.csv``.
+    python benchmarks/architectures.py --device cuda --dtype bfloat16   # on a GPU (every call synchronised)
+    python benchmarks/architectures.py --device cpu --smoke             # one repetition: the script runs
+Writes ``benchmarks/results/architectures.md`` (included by docs/benchmarks.md) and ``architectures.csv``; with
+``--device cuda``, ``architectures_<device>_<dtype>.md``/``.csv`` (device memory is not measured there); a smoke
+run writes only where ``--out-dir`` says.
 """
 
 from __future__ import annotations
@@ -35,7 +39,18 @@ from pathlib import Path
 
 import torch
 import transformers
-from common import RESULTS, interleaved, machine, peak_rss_bytes, timed_repeats, write_csv, write_markdown
+from common import (
+    RESULTS,
+    device_tag,
+    interleaved,
+    machine,
+    on_device,
+    peak_rss_bytes,
+    synced,
+    timed_repeats,
+    write_csv,
+    write_markdown,
+)
 from torch import nn
 
 from eggroll_trainer import EGGROLLTrainer, current_population
@@ -90,15 +105,16 @@ ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {
 class Task:
     """One input per member, different for every member; the score is minus the model's loss."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, device: torch.device, dtype: torch.dtype) -> None:
         g = torch.Generator().manual_seed(0)
         self.name = name
+        self.device = device
         self.image = name == "CNN"
         if self.image:
-            self.x = torch.randn(K, 3, 32, 32, generator=g)
-            self.y = torch.randint(0, 10, (K,), generator=g)
+            self.x = torch.randn(K, 3, 32, 32, generator=g).to(device=device, dtype=dtype)
+            self.y = torch.randint(0, 10, (K,), generator=g).to(device)
         else:
-            self.x = torch.randint(0, VOCAB, (K, SEQ), generator=g)
+            self.x = torch.randint(0, VOCAB, (K, SEQ), generator=g).to(device)
         self.forward_s: list[float] = []
         self.steady_s: list[float] = []
         self.repeats = 0
@@ -116,33 +132,38 @@ class Task:
     def fitness(self, model: nn.Module) -> torch.Tensor:
         assert current_population().size == K
         t0 = time.perf_counter()
-        logits = self.logits(model, self.x)
+        logits = synced(lambda: self.logits(model, self.x), self.device)()
         self.forward_s.append(time.perf_counter() - t0)
-        timed_repeats(lambda: self.logits(model, self.x), self.repeats, self.steady_s)  # steady state
+        timed_repeats(synced(lambda: self.logits(model, self.x), self.device), self.repeats, self.steady_s)
         return -self.loss(logits)
 
     def plain_forward(self, model: nn.Module) -> None:
         with torch.no_grad():
-            self.logits(model, self.x)
+            synced(lambda: self.logits(model, self.x), self.device)()
 
     def plain(self, model: nn.Module) -> None:
         """Plain inference of the same rows, scored the same way: the unperturbed model's evaluation."""
         with torch.no_grad():
-            self.loss(self.logits(model, self.x))
+            synced(lambda: self.loss(self.logits(model, self.x)), self.device)()
 
 
-def setup(name: str) -> tuple[nn.Module, Task, EGGROLLTrainer]:
+CPU = torch.device("cpu")
+
+
+def setup(
+    name: str, device: torch.device = CPU, dtype: torch.dtype = torch.float32
+) -> tuple[nn.Module, Task, EGGROLLTrainer]:
     torch.manual_seed(0)
-    model = ARCHITECTURES[name]().eval()
-    task = Task(name)
+    model = ARCHITECTURES[name]().eval().to(device=device, dtype=dtype)
+    task = Task(name, device, dtype)
     trainer = EGGROLLTrainer(model.parameters(), model=model, fitness_fn=task.fitness, population_size=K,
                              learning_rate=1e-3, sigma=1e-2, rank=1, seed=0, batched=True, optimizer="adam")  # fmt: skip
     return model, task, trainer
 
 
-def bench(threads: int, reps: int) -> list[dict]:
+def bench(threads: int, reps: int, device: torch.device, dtype: torch.dtype) -> list[dict]:
     torch.set_num_threads(threads)
-    cases = [setup(name) for name in ARCHITECTURES]
+    cases = [setup(name, device, dtype) for name in ARCHITECTURES]
     fns = {}  # per repetition, per model: plain forward, plain inference + score, generation
     for (model, task, trainer), name in zip(cases, ARCHITECTURES):
         task.plain(model)  # warm-up: noise table, first-call caches
@@ -150,7 +171,7 @@ def bench(threads: int, reps: int) -> list[dict]:
         task.forward_s.clear()
         fns[name, "forward"] = lambda model=model, task=task: task.plain_forward(model)
         fns[name, "plain"] = lambda model=model, task=task: task.plain(model)
-        fns[name, "generation"] = trainer.step
+        fns[name, "generation"] = synced(trainer.step, task.device)
     timed = interleaved(fns, reps, warmup=0)
     timings = {
         name: {key: timed[name, key] for key in ("forward", "plain", "generation")} for name in ARCHITECTURES
@@ -212,7 +233,9 @@ def memory() -> dict[str, dict]:
     return out
 
 
-def write(rows: list[dict], mem: dict[str, dict], header: str, elapsed: float, reps: int) -> Path:
+def write(
+    rows: list[dict], mem: dict[str, dict], header: str, elapsed: float, command: str, out: Path, stem: str
+) -> Path:
     csv_rows = [
         {
             **r,
@@ -221,10 +244,9 @@ def write(rows: list[dict], mem: dict[str, dict], header: str, elapsed: float, r
         }
         for r in rows
     ]
-    write_csv(RESULTS / "architectures.csv", csv_rows)
+    write_csv(out / f"{stem}.csv", csv_rows)
     lines = [
-        f"**Population mode on real architectures.** `python benchmarks/architectures.py --reps {reps}` "
-        f"({elapsed / 60:.1f} min) on {header}.",
+        f"**Population mode on real architectures.** `{command}` ({elapsed / 60:.1f} min) on {header}.",
         "",
         f"K = {K} members, rank 1, one sequence of {SEQ} tokens (vocabulary {VOCAB}, width {WIDTH}, 2 layers) or one "
         "32×32 RGB image per member; ratios are medians of per-repetition ratios. *population forward in step*: "
@@ -257,7 +279,9 @@ def write(rows: list[dict], mem: dict[str, dict], header: str, elapsed: float, r
         "",
         f"Memory: peak RSS added by one step after a warm-up, one subprocess per model, {torch.get_num_threads()} thread(s).",
     ]
-    path = RESULTS / "architectures.md"
+    if not mem:
+        lines[-1] = "Memory: not measured in this run."
+    path = out / f"{stem}.md"
     write_markdown(path, lines)
     return path
 
@@ -267,17 +291,35 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=15)
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--no-memory", dest="memory", action="store_false")
+    p.add_argument("--device", default="cpu", help="where the models run (cuda: every call synchronised)")
+    p.add_argument("--dtype", default="float32", help="parameter dtype (float32, bfloat16)")
+    p.add_argument("--smoke", action="store_true", help="one repetition, no memory, no result file")
+    p.add_argument("--out-dir", type=Path, default=None, help=f"where results go (default {RESULTS})")
     p.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.memory_child:
         memory_child(args.memory_child)
         return
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    on_cpu = device.type == "cpu" and dtype == torch.float32
+    if args.smoke:
+        args.reps, args.threads, args.memory = 1, [torch.get_num_threads()], False
+    if not on_cpu:  # threads do not matter there; RSS is not device memory
+        args.threads, args.memory = args.threads[-1:], False
     start = time.perf_counter()
-    header = machine(transformers=transformers.__version__)
+    header = machine(transformers=transformers.__version__) if on_cpu else on_device(
+        device, transformers=transformers.__version__)  # fmt: skip
     print(header, flush=True)
-    rows = [row for threads in args.threads for row in bench(threads, args.reps)]
+    rows = [row for threads in args.threads for row in bench(threads, args.reps, device, dtype)]
     mem = memory() if args.memory else {}
-    path = write(rows, mem, header, time.perf_counter() - start, args.reps)
+    out = args.out_dir if args.out_dir is not None else (None if args.smoke else RESULTS)
+    if out is None:
+        print("smoke run: no result file written (give --out-dir to keep one)")
+        return
+    command = f"python benchmarks/architectures.py --reps {args.reps}"
+    command += "" if on_cpu else f" --device {args.device} --dtype {args.dtype}"
+    stem = "architectures" if on_cpu else f"architectures_{device_tag(device, dtype)}"
+    path = write(rows, mem, header, time.perf_counter() - start, command, out, stem)
     print(f"wrote {path}")
 
 

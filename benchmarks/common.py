@@ -18,6 +18,10 @@ Scripts in ``benchmarks/`` run as ``python benchmarks/<name>.py``, so this file 
   per-call time (the first repeat, which builds per-call caches, untimed).
 * ``peak_rss_bytes(fn)``: resident memory added at the peak of ``fn`` (Linux: resets the high-water mark).
 * ``write_csv(path, rows)``, ``markdown_table(header, rows)``, ``write_markdown(path, lines)``.
+* On an accelerator: ``synced(fn, device)`` (a call that returns when the device is done, so wall-clock
+  timing is right), ``on_device(device, **versions)`` (``machine()`` plus the device's name, for captions)
+  ``device_tag(device, dtype)`` (for result file names) and ``device_peak_mib(fn, device)`` (device memory
+  one call adds at its peak).
 """
 
 from __future__ import annotations
@@ -58,6 +62,36 @@ def machine(**versions: str) -> str:
         f"Python {platform.python_version()}, eggroll-trainer {eggroll_trainer.__version__}{more}; "
         f"load average at start {load}"
     )
+
+
+def on_device(device: torch.device, **versions: str) -> str:
+    """``machine(**versions)``, then the accelerator that ran the figures (its name, memory, CUDA version)."""
+    if device.type != "cuda":
+        return machine(**versions) + f"; device {device.type}"
+    props = torch.cuda.get_device_properties(device)
+    return (
+        f"{props.name} ({props.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda}); host: "
+        + machine(**versions)
+    )
+
+
+def device_tag(device: torch.device, dtype: torch.dtype) -> str:
+    """``"NVIDIA_H200_bfloat16"``: the device's name and the dtype, for result file names."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    return "_".join("".join(c if c.isalnum() else " " for c in name).split() + [str(dtype).split(".")[-1]])
+
+
+def synced(fn: Callable[[], Any], device: torch.device) -> Callable[[], Any]:
+    """``fn`` followed by a wait for the device (CUDA runs asynchronously: without it a timer sees the launch)."""
+    if device.type != "cuda":
+        return fn
+
+    def run() -> Any:
+        out = fn()
+        torch.cuda.synchronize(device)
+        return out
+
+    return run
 
 
 # ------------------------------------------------------------------------------------------- timing
@@ -166,6 +200,18 @@ def peak_rss_bytes(fn: Callable[[], Any]) -> int:
     base = rss()["VmRSS"]
     fn()
     return rss()["VmHWM"] - base
+
+
+def device_peak_mib(fn: Callable[[], Any], device: torch.device) -> float | None:
+    """Device memory (MiB) one call of ``fn`` adds at its peak (``None`` off CUDA: see ``peak_rss_bytes``)."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - base) / 2**20
 
 
 # ------------------------------------------------------------------------------------------ results

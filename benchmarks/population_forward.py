@@ -23,6 +23,8 @@ Run:
     python benchmarks/population_forward.py              # full run (~2 min on 2 cores)
     python benchmarks/population_forward.py --threads 1  # the same on one thread
     python benchmarks/population_forward.py --quick      # ~1 min
+    python benchmarks/population_forward.py --device cuda --dtype bfloat16   # on a GPU: population_device.py
+    python benchmarks/population_forward.py --device cpu --smoke             # the device path, tiny sizes
 Writes ``benchmarks/results/population_forward{_quick}{_t<threads>}.md`` (timings, included by
 docs/benchmarks.md), ``…_memory.md`` and the CSVs.
 """
@@ -46,6 +48,7 @@ from functools import partial
 from pathlib import Path
 from types import ModuleType
 
+import population_device
 import torch
 from common import (
     RESULTS,
@@ -100,13 +103,21 @@ def parse_args() -> Args:
     p.add_argument("--reps", type=int, default=0, help="timing repetitions (default 15, quick 5)")
     p.add_argument("--old-version", default="0.1.0", help="earlier eggroll-trainer to compare ('' skips)")
     p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the memory sweep")
-    p.add_argument("--out-dir", type=Path, default=RESULTS)
+    p.add_argument("--out-dir", type=Path, default=None, help=f"where results go (default {RESULTS})")
+    p.add_argument("--device", help="run the accelerator benchmark (population_device.py) on this device")
+    p.add_argument("--dtype", default="float32", help="with --device: parameter dtype (bfloat16, float32)")
+    p.add_argument("--smoke", action="store_true", help="with --device: tiny sizes, to check the script runs")
     p.add_argument("--memory-child", help=argparse.SUPPRESS)  # internal: one memory measurement
     ns = p.parse_args()
     if ns.memory_child:
         memory_child(json.loads(ns.memory_child))
         sys.exit(0)
-    return Args(ns.quick, ns.threads, ns.reps, ns.old_version, ns.memory, ns.out_dir)
+    if ns.device:
+        if ns.threads:
+            torch.set_num_threads(ns.threads)
+        population_device.main(ns)
+        sys.exit(0)
+    return Args(ns.quick, ns.threads, ns.reps, ns.old_version, ns.memory, ns.out_dir or RESULTS)
 
 
 # ------------------------------------------------------------------------------------------ workload

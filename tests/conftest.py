@@ -1,9 +1,17 @@
-"""Shared helpers: tiny models, data and fitness functions that record what they saw."""
+"""Shared helpers: tiny models, data and fitness functions that record what they saw; the test device.
+
+The tests that take the ``device`` fixture (the batched ≡ sequential matrices, noise and its update, resume,
+16-bit parameters) put their models and tensors there: ``pytest --device cuda`` or
+``EGGROLL_TEST_DEVICE=cuda pytest``; ``other`` runs them on the CPU stand-in of ``fake_device`` (tensors that
+report another device and fail on any device mix). The default is ``cpu``: the suite as it always was.
+"""
 
 import copy
+import os
 
 import pytest
 import torch
+from fake_device import OTHER, OtherDevice
 from torch import nn
 
 from eggroll_trainer import current_population
@@ -74,6 +82,60 @@ class Recorder:
         return self.score(model)
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--device", default=None,
+        help="device of the device-aware tests: cpu (default), cuda, cuda:1, or other (a CPU stand-in that "
+        "fails on device mixes); also EGGROLL_TEST_DEVICE",
+    )  # fmt: skip
+
+
+def test_device_name(config) -> str:
+    return config.getoption("--device") or os.environ.get("EGGROLL_TEST_DEVICE") or "cpu"
+
+
+test_device_name.__test__ = False  # a helper, not a test
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "device: takes the device fixture (select the CUDA subset: -m device)")
+    name = test_device_name(config)
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise pytest.UsageError(f"--device {name}: CUDA is not available")
+    if name != "other":
+        torch.device(name)  # a clear error for a bad name, before any test runs
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "device" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.device)
+
+
+def pytest_report_header(config):
+    return f"eggroll test device: {test_device_name(config)}"
+
+
+@pytest.fixture
+def device(request):
+    """Where the test's models and tensors go (see the module docstring)."""
+    name = test_device_name(request.config)
+    if name == "other":
+        with OtherDevice():
+            yield OTHER
+        return
+    dev = torch.device(name)
+    if dev.type == "cuda":  # TF32 convolutions would miss the suite's float32 tolerances
+        tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            yield dev
+        finally:
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+        return
+    yield dev
+
+
 @pytest.fixture
 def data():
     return make_data()
@@ -108,7 +170,7 @@ def twin_runs(cls, model, seq_fitness, bat_fitness, generations=3, **options):
     def record(store, fn):
         def wrapped(m):
             value = fn(m)
-            store.append(torch.as_tensor(value, dtype=torch.float64).reshape(-1))
+            store.append(torch.as_tensor(value, dtype=torch.float64).reshape(-1).cpu())
             return value
 
         return wrapped

@@ -84,19 +84,21 @@ def lm_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
 
 
 def score(arch: str, model: nn.Module, members: int) -> torch.Tensor:
-    """Scores (members,) of `members` members whose rows are stacked member-major (members = 1: sequential)."""
+    """Scores (members,) of `members` members whose rows are stacked member-major (members = 1: sequential),
+    with the data on the model's device."""
+    device = next(model.parameters()).device
     if arch == "cnn":
         g = torch.Generator().manual_seed(2)
-        x = torch.randn(ROWS, 1, 8, 8, generator=g)
-        target = torch.arange(ROWS) % 3
+        x = torch.randn(ROWS, 1, 8, 8, generator=g).to(device)
+        target = (torch.arange(ROWS) % 3).to(device)
         logits = model(x.repeat(members, 1, 1, 1))  # (K·b, 3)
         loss = nn.functional.cross_entropy(logits, target.repeat(members), reduction="none")
     elif arch == "mlp":
         g = torch.Generator().manual_seed(3)
-        x = torch.randn(ROWS, 4, generator=g)
+        x = torch.randn(ROWS, 4, generator=g).to(device)
         loss = ((model(x.repeat(members, 1)) - x[:, :2].sin().repeat(members, 1)) ** 2).mean(dim=1)
     else:
-        tokens = token_data().repeat(members, 1)  # (K·b, T)
+        tokens = token_data().repeat(members, 1).to(device)  # (K·b, T)
         if arch == "lm_seq_first":
             logits = model(tokens.T).transpose(0, 1)  # the model is sequence-first: (T, K·b)
         elif arch in ("gpt2", "llama"):
@@ -116,8 +118,8 @@ def build(arch: str) -> nn.Module:
     return MODELS[arch]().eval()
 
 
-def twin_runs(arch, cls=EGGROLLTrainer, generations=2, **options):
-    model = build(arch)
+def twin_runs(arch, cls=EGGROLLTrainer, generations=2, device="cpu", **options):
+    model = build(arch).to(device)
     seq_model, bat_model = copy.deepcopy(model), copy.deepcopy(model)
     seq_scores, bat_scores = [], []
 
@@ -140,7 +142,12 @@ def twin_runs(arch, cls=EGGROLLTrainer, generations=2, **options):
     for _ in range(generations):
         seq.step()
         bat.step()
-    return torch.tensor(seq_scores, dtype=torch.float64), torch.cat(bat_scores).double(), seq_model, bat_model
+    return (
+        torch.tensor(seq_scores, dtype=torch.float64),
+        torch.cat(bat_scores).double().cpu(),
+        seq_model,
+        bat_model,
+    )
 
 
 OPTIONS = [
@@ -153,16 +160,16 @@ OPTIONS = [
 
 @pytest.mark.parametrize("options", OPTIONS, ids=["r1", "r3", "r2-no-antithetic", "r1-chunk3"])
 @pytest.mark.parametrize("arch", list(MODELS))
-def test_batched_scores_and_update_equal_sequential(arch, options):
-    seq_scores, bat_scores, seq_model, bat_model = twin_runs(arch, **options)
+def test_batched_scores_and_update_equal_sequential(arch, options, device):
+    seq_scores, bat_scores, seq_model, bat_model = twin_runs(arch, device=device, **options)
     torch.testing.assert_close(bat_scores, seq_scores, rtol=1e-4, atol=1e-5)
     for (name, a), b in zip(seq_model.named_parameters(), bat_model.parameters()):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
 
 
 @pytest.mark.parametrize("arch", ["lm", "cnn"])
-def test_full_rank_noise_matches_too(arch):
-    seq_scores, bat_scores, _, _ = twin_runs(arch, cls=VanillaESTrainer, generations=1)
+def test_full_rank_noise_matches_too(arch, device):
+    seq_scores, bat_scores, _, _ = twin_runs(arch, cls=VanillaESTrainer, generations=1, device=device)
     torch.testing.assert_close(bat_scores, seq_scores, rtol=1e-4, atol=1e-5)
 
 
@@ -176,10 +183,10 @@ def test_padding_row_is_never_perturbed_nor_updated():
     assert not torch.equal(model.embed.weight[1:], build("lm").embed.weight[1:])
 
 
-def test_tied_embedding_and_head_share_one_noise():
+def test_tied_embedding_and_head_share_one_noise(device):
     model = llama()
     assert model.lm_head.weight is model.model.embed_tokens.weight
-    seq_scores, bat_scores, _, _ = twin_runs("llama", rank=2)
+    seq_scores, bat_scores, _, _ = twin_runs("llama", rank=2, device=device)
     torch.testing.assert_close(bat_scores, seq_scores, rtol=1e-4, atol=1e-5)
 
 

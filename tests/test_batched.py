@@ -21,9 +21,9 @@ CASES = [
 
 @pytest.mark.parametrize("norm", [False, True], ids=["mlp", "layernorm"])
 @pytest.mark.parametrize("cls, options", CASES)
-def test_batched_equals_sequential(cls, options, norm):
-    x, y = make_data()
-    model = make_model(norm=norm)
+def test_batched_equals_sequential(cls, options, norm, device):
+    x, y = (t.to(device) for t in make_data())
+    model = make_model(norm=norm).to(device)
     seq_scores, bat_scores, seq_params, bat_params = twin_runs(
         cls, model, neg_mse(x, y), neg_mse_batched(x, y), **options
     )

@@ -40,3 +40,13 @@ def test_interleaved_takes_any_hashable_names_and_runs_repetitions_as_the_outer_
 def test_machine_names_extra_package_versions():
     line = common.machine(transformers="9.9.9")
     assert "eggroll-trainer" in line and ", transformers 9.9.9;" in line and "load average" in line
+
+
+def test_device_helpers_on_the_cpu():
+    import torch
+
+    cpu = torch.device("cpu")
+    fn = lambda: 3  # noqa: E731
+    assert common.synced(fn, cpu) is fn  # nothing to wait for
+    assert common.device_tag(cpu, torch.bfloat16) == "cpu_bfloat16"
+    assert common.on_device(cpu).endswith("; device cpu")

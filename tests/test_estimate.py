@@ -9,9 +9,9 @@ from eggroll_trainer.noise import NoiseSpec, ParamNoise
 from eggroll_trainer.updates.estimate import all_finite, check_finite, estimate, pair_weights, unproven
 
 
-def arange_noise(shape, rank, pairs, size):
+def arange_noise(shape, rank, pairs, size, device="cpu"):
     """Noise read from table = 0, 1, 2, … at base 0: every E_k can be written down by hand."""
-    table = torch.arange(size, dtype=torch.float32)
+    table = torch.arange(size, dtype=torch.float32).to(device)
     noise = ParamNoise(table, NoiseSpec(torch.Size(shape), rank=rank), key=0, pairs=pairs)
     assert noise.base == 0 and noise.stride == noise.spec.length  # disjoint windows, from the start
     return noise
@@ -26,32 +26,33 @@ def test_pair_weights_fold_mirrored_members():
     assert odd.dtype == torch.float64
 
 
-def test_full_rank_estimate_by_hand():
-    noise = arange_noise((2,), rank=None, pairs=2, size=8)  # E_0 = [0, 1], E_1 = [2, 3]
-    weights = torch.tensor([2.0, 0.25], dtype=torch.float64)
-    (g,) = estimate([torch.zeros(2)], [noise], [0.5], weights, population_size=4)
+def test_full_rank_estimate_by_hand(device):
+    noise = arange_noise((2,), rank=None, pairs=2, size=8, device=device)  # E_0 = [0, 1], E_1 = [2, 3]
+    weights = torch.tensor([2.0, 0.25], dtype=torch.float64)  # on the CPU, as the trainer makes them
+    (g,) = estimate([torch.zeros(2, device=device)], [noise], [0.5], weights, population_size=4)
     # (2·[0, 1] + 0.25·[2, 3]) / (N σ = 2)
-    assert torch.allclose(g, torch.tensor([0.25, 1.375]))
+    assert g.device == noise.table.device and g.cpu().tolist() == [0.25, 1.375]
 
 
-def test_low_rank_estimate_by_hand():
-    noise = arange_noise((2, 2), rank=1, pairs=2, size=16)
+def test_low_rank_estimate_by_hand(device):
+    noise = arange_noise((2, 2), rank=1, pairs=2, size=16, device=device)
     # pair 0: Aᵀ = [0, 1], Bᵀ = [2, 3]; pair 1: Aᵀ = [4, 5], Bᵀ = [6, 7]; E_k = A_k B_kᵀ
     e0 = torch.tensor([[0.0, 0.0], [2.0, 3.0]])
     e1 = torch.tensor([[24.0, 28.0], [30.0, 35.0]])
-    assert torch.equal(noise.dense(torch.tensor([0, 1]), torch.tensor([1.0, 1.0])), torch.stack([e0, e1]))
+    dense = noise.dense(torch.tensor([0, 1]), torch.tensor([1.0, 1.0]))  # CPU pairs and signs: E where θ is
+    assert dense.device == noise.table.device and torch.equal(dense.cpu(), torch.stack([e0, e1]))
     weights = pair_weights(
         torch.tensor([1.0, 0.0, 0.0, 1.0], dtype=torch.float64), antithetic=True
     )  # [1, -1]
-    (g,) = estimate([torch.zeros(2, 2)], [noise], [1.0], weights, population_size=4)
-    assert torch.allclose(g, (e0 - e1) / 4)
+    (g,) = estimate([torch.zeros(2, 2, device=device)], [noise], [1.0], weights, population_size=4)
+    assert torch.allclose(g.cpu(), (e0 - e1) / 4)
 
 
-def test_chunked_sum_equals_one_chunk_and_unperturbed_parameters_get_none():
-    table = torch.randn(1 << 12, generator=torch.Generator().manual_seed(0))
+def test_chunked_sum_equals_one_chunk_and_unperturbed_parameters_get_none(device):
+    table = torch.randn(1 << 12, generator=torch.Generator().manual_seed(0)).to(device)
     noise = ParamNoise(table, NoiseSpec(torch.Size((5, 3)), rank=2), key=12345, pairs=7)
     weights = torch.randn(7, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    params = [torch.zeros(5, 3), torch.zeros(4)]
+    params = [torch.zeros(5, 3, device=device), torch.zeros(4, device=device)]
     whole = estimate(params, [noise, None], [0.1, 0.1], weights, 14)
     chunked = estimate(params, [noise, None], [0.1, 0.1], weights, 14, chunk_size=2)  # one pair per chunk
     assert whole[1] is None and chunked[1] is None
@@ -85,13 +86,14 @@ def test_finite_weights_prove_a_finite_estimate_and_huge_or_nan_ones_do_not():
     assert left(torch.tensor([1.0, math.nan, 0.0, 0.0], dtype=torch.float64)) == [True, True]
 
 
-def test_descent_is_the_negated_ascent():
-    table = torch.randn(1 << 12, generator=torch.Generator().manual_seed(0))
+def test_descent_is_the_negated_ascent(device):
+    table = torch.randn(1 << 12, generator=torch.Generator().manual_seed(0)).to(device)
     noise = ParamNoise(table, NoiseSpec(torch.Size((4, 6)), rank=3), key=7, pairs=5)
     weights = torch.randn(5, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
-    (ascent,) = estimate([torch.zeros(4, 6)], [noise], [0.05], weights, 10)
-    (descent,) = estimate([torch.zeros(4, 6)], [noise], [0.05], weights, 10, descent=True)
+    (ascent,) = estimate([torch.zeros(4, 6, device=device)], [noise], [0.05], weights, 10)
+    (descent,) = estimate([torch.zeros(4, 6, device=device)], [noise], [0.05], weights, 10, descent=True)
     assert torch.equal(descent, -ascent)
     # and both equal Σ_k w_k E_k / (N σ) computed from the dense noise
-    dense = noise.dense(torch.arange(5), torch.ones(5))
-    assert torch.allclose(ascent, torch.einsum("k,kij->ij", weights.float(), dense) / (10 * 0.05), atol=1e-5)
+    dense = noise.dense(torch.arange(5), torch.ones(5)).cpu()
+    expected = torch.einsum("k,kij->ij", weights.float(), dense) / (10 * 0.05)
+    assert torch.allclose(ascent.cpu(), expected, atol=1e-5)

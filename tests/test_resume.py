@@ -27,24 +27,24 @@ def save_load(obj):
         (EGGROLLTrainer, dict(rank=2, optimizer=torch.optim.NAdam, batched=True)),  # any torch.optim class
     ],
 )
-def test_resume_is_bit_identical_even_with_another_seed(cls, options):
-    x, y = make_data()
+def test_resume_is_bit_identical_even_with_another_seed(cls, options, device):
+    x, y = (t.to(device) for t in make_data())
     fitness = neg_mse_batched(x, y) if options.get("batched") else neg_mse(x, y)
 
     def build(model, seed):
         return cls(model.parameters(), model=model, fitness_fn=fitness, population_size=8, learning_rate=0.01,
                    sigma=0.1, seed=seed, **options)  # fmt: skip
 
-    straight_model = make_model()
+    straight_model = make_model().to(device)
     straight = build(straight_model, seed=5)
     straight.train(6, verbose=False)
 
-    first_model = make_model()
+    first_model = make_model().to(device)
     first = build(first_model, seed=5)
     first.train(3, verbose=False)
     checkpoint = save_load({"model": first_model.state_dict(), "trainer": first.state_dict()})
 
-    resumed_model = make_model(seed=99)  # different init, overwritten by the checkpoint
+    resumed_model = make_model(seed=99).to(device)  # different init, overwritten by the checkpoint
     resumed_model.load_state_dict(checkpoint["model"])
     resumed = build(resumed_model, seed=1234)  # a different seed: the saved one wins
     resumed.load_state_dict(checkpoint["trainer"])

@@ -181,9 +181,11 @@ class ParamNoise:
         return self._window(first, count, 0, tuple(self.spec.shape))
 
     def dense(self, pairs: Tensor, signs: Tensor) -> Tensor:
-        """Materialised E for the given pairs: (K, *shape) with E_k = s_k A_k B_kᵀ/√r or s_k ε_k.
+        """Materialised E for the given pairs: (K, *shape) with E_k = s_k A_k B_kᵀ/√r or s_k ε_k, on the
+        table's device (``pairs`` and ``signs`` may live anywhere).
 
         O(K·|θ_j|) — for parameters a forward uses directly (activation-sized) and for single members."""
+        pairs, signs = pairs.to(self.table.device), signs.to(device=self.table.device, dtype=self.table.dtype)
         if self.spec.experts:
             a_t, b_t = self.factors_t(0, int(pairs.max()) + 1)
             scale = signs.to(a_t.dtype).view(-1, 1, 1, 1) / math.sqrt(self.spec.rank)
@@ -191,10 +193,10 @@ class ParamNoise:
         if self.spec.low_rank:
             a_t, b_t = self.factors_t(0, int(pairs.max()) + 1)
             a_t, b_t = self.masked_a_t(a_t[pairs]), b_t[pairs]  # (K, r, m), (K, r, n)
-            scale = signs.to(a_t.dtype).view(-1, 1, 1) / math.sqrt(self.spec.rank)
+            scale = signs.view(-1, 1, 1) / math.sqrt(self.spec.rank)
             return torch.bmm((a_t * scale).transpose(1, 2), b_t).view(-1, *self.spec.shape)  # (K, *shape)
         eps = self.full(0, int(pairs.max()) + 1)[pairs]
-        eps = eps * signs.to(eps.dtype).view(-1, *([1] * len(self.spec.shape)))
+        eps = eps * signs.view(-1, *([1] * len(self.spec.shape)))
         if self.spec.zero_rows:
             eps[:, list(self.spec.zero_rows)] = 0
         return eps
@@ -214,7 +216,8 @@ class ParamNoise:
             else:  # a kernel in another memory format (channels_last): no (m, n) view of it exists
                 param.add_(torch.mm(a, b_t[0]).view(self.spec.shape), alpha=scale)
         elif self.spec.zero_rows:
-            param.add_(self.dense(torch.tensor([pair]), torch.tensor([1.0]))[0], alpha=alpha)
+            one = torch.tensor([pair], device=param.device), torch.ones(1, device=param.device)
+            param.add_(self.dense(*one)[0], alpha=alpha)
         else:
             param.add_(self.full(pair, 1)[0], alpha=alpha)
 

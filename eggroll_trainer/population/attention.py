@@ -131,7 +131,9 @@ def multi_head_attention(
     if need_weights:
         scores = q @ k.transpose(-2, -1) / math.sqrt(e // h)  # (B, H, L, S)
         if causal:
-            scores = scores.masked_fill(torch.ones(length, source, dtype=torch.bool).triu(1), float("-inf"))
+            scores = scores.masked_fill(
+                torch.ones(length, source, dtype=torch.bool, device=scores.device).triu(1), float("-inf")
+            )
         if mask is not None:
             scores = scores + mask
         attn = scores.softmax(dim=-1)

@@ -75,7 +75,8 @@ class ESTrainer(ESOptimizer):
             ``"adamw"`` (``torch.optim.Adam``/``AdamW``), ``"clipup"``
             ([`ClipUp`][eggroll_trainer.updates.rules.ClipUp]), or any ``torch.optim.Optimizer`` class or
             ``functools.partial`` of one (``functools.partial(torch.optim.SGD, momentum=0.9)``). It is stepped
-            with ``.grad = −ĝ`` on this trainer's own param groups (see ``eggroll_trainer.updates.rules``).
+            with ``.grad = −ĝ`` on this trainer's own param groups (see ``eggroll_trainer.updates.rules``);
+            bf16/fp16 parameters are stepped through fp32 master copies (``master_weights``).
         momentum: SGD momentum factor; ClipUp's velocity decay (named rules: default 0).
         dampening: SGD dampening for momentum (default 0).
         nesterov: SGD Nesterov momentum (default False).
@@ -98,6 +99,10 @@ class ESTrainer(ESOptimizer):
             [`get_best_model`][eggroll_trainer.ESTrainer.get_best_model] (default, as in 0.1.0): one extra
             copy of the trained parameters. ``False`` keeps nothing and costs nothing (language models, where
             "the best member" over changing prompt batches means little).
+        master_weights: keep an fp32 master copy of every bf16/fp16 trained parameter (default): the rule
+            steps the master and the parameter holds its rounded value, so updates smaller than half a
+            16-bit ulp accumulate instead of vanishing (``eggroll_trainer.updates.master``). Costs 4 bytes per
+            16-bit parameter; ``False`` steps them in their own precision.
     """
 
     def __init__(
@@ -130,6 +135,7 @@ class ESTrainer(ESOptimizer):
         batch_dim: int = 0,
         noise_table_size: int | None = None,
         track_best: bool = True,
+        master_weights: bool = True,
     ) -> None:
         lr = resolve_lr(learning_rate, lr)
         check_arguments(
@@ -148,7 +154,7 @@ class ESTrainer(ESOptimizer):
         defaults = dict(lr=lr, sigma=sigma, optimizer=optimizer, **rule_options)
         super().__init__(
             params, defaults, model=model, fitness_fn=fitness_fn, population_size=population_size,
-            batched=batched, seed=seed, track_best=track_best,
+            batched=batched, seed=seed, track_best=track_best, master_weights=master_weights,
         )  # fmt: skip
         self.antithetic = bool(antithetic)
         self.fitness_shaping = fitness_shaping
@@ -237,7 +243,8 @@ class ESTrainer(ESOptimizer):
             )  # fmt: skip
         with defer_keyboard_interrupt():  # parameters, moments, best member, counters: all or nothing
             self._keep_initial_params()
-            step_rules(self._rules, params, grads)
+            with self._masters.stepping(params, grads) as grads:  # 16-bit parameters: fp32 masters stepped
+                step_rules(self._rules, params, grads)
             if best is not None:
                 self.best_fitness, self._best_params = best
             return self._record(scores.numpy()[finite.numpy()], closure is not None)

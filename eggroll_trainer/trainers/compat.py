@@ -38,15 +38,16 @@ def dense_perturbations(
 ) -> Tensor:
     """``(N, D)``: row i is member i's signed noise $s_i E_{k(i)}$ of every parameter, flattened and
     concatenated in parameter order (zeros for parameters without noise)."""
-    pairs, signs = member_pairs(0, population_size, antithetic, torch.device("cpu"))
+    device = params[0].device
+    pairs, signs = member_pairs(0, population_size, antithetic, device)  # (N,) each, where θ lives
     rows = []
-    for pair, sign in zip(pairs.tolist(), signs.tolist()):
+    for i in range(population_size):
         parts = []
         for p, noise in zip(params, noises):
             if noise is None:
                 parts.append(torch.zeros(p.numel(), device=p.device, dtype=p.dtype))
             else:
-                parts.append(noise.dense(torch.tensor([pair]), torch.tensor([sign]))[0].reshape(-1))
+                parts.append(noise.dense(pairs[i : i + 1], signs[i : i + 1])[0].reshape(-1))
         rows.append(torch.cat(parts))
     return torch.stack(rows)
 

@@ -23,6 +23,7 @@ from torch.nn.utils import parameters_to_vector, vector_to_parameters
 from tqdm.auto import tqdm
 
 from .. import distributed
+from ..updates.master import MasterWeights
 from ..updates.rules import build_rules, check_rule, describe_rule, restored_rules
 from ..validation import check, check_groups, check_params, is_int, is_real
 from .best import best_model, restored
@@ -50,11 +51,14 @@ class ESOptimizer(torch.optim.Optimizer):
         batched: whether ``fitness_fn`` scores a population at once.
         seed: noise seed; ``None`` draws one from ``secrets`` (rank 0's on every rank when distributed).
         track_best: keep the best member (one copy of the trained parameters); ``False``: nothing kept.
+        master_weights: keep an fp32 master copy of every bf16/fp16 parameter, stepped by the update rule
+            (``eggroll_trainer.updates.master``); ``False`` steps them in their own precision.
 
     Memory: besides the update rule's moments, the trainer holds at most two copies of the trained parameters,
     both optional — the best member (``track_best``, on the parameters' device) and θ₀ for
     [`reset`][eggroll_trainer.ESTrainer.reset], copied to the **CPU** only when the first ``step`` is about to
-    move the parameters (a trainer that is never stepped copies nothing). ``trainer_memory()`` reports them.
+    move the parameters (a trainer that is never stepped copies nothing) — and, for 16-bit parameters, their
+    fp32 masters (``master_weights``, on the parameters' device). ``trainer_memory()`` reports them.
     """
 
     def __init__(
@@ -68,6 +72,7 @@ class ESOptimizer(torch.optim.Optimizer):
         batched: bool,
         seed: int | None,
         track_best: bool = True,
+        master_weights: bool = True,
     ) -> None:
         super().__init__(params, defaults)
         check_groups(self.param_groups)
@@ -86,6 +91,7 @@ class ESOptimizer(torch.optim.Optimizer):
         self.track_best = bool(track_best)
         self._best_params: list[Tensor] | None = None
         self._initial_params: list[Tensor] | None = None  # θ₀ on the CPU, copied before the first update
+        self._masters = MasterWeights(master_weights)  # fp32 copies of 16-bit parameters, made when stepped
         self._rules = build_rules(self.param_groups, self.state)  # torch.optim optimizers on our groups
 
     # ------------------------------------------------------------------------------ properties
@@ -177,7 +183,8 @@ class ESOptimizer(torch.optim.Optimizer):
 
     def trainer_memory(self) -> dict[str, int]:
         """Bytes the trainer itself holds beyond the model: ``best_member`` (the best member's values),
-        ``initial_params`` (θ₀ for ``reset``, on the CPU) and ``rule_state`` (the update rule's moments)."""
+        ``initial_params`` (θ₀ for ``reset``, on the CPU), ``rule_state`` (the update rule's moments) and
+        ``master_params`` (the fp32 masters of 16-bit parameters)."""
 
         def size(tensors: Iterable[Any] | None) -> int:
             return sum(t.numel() * t.element_size() for t in tensors or () if isinstance(t, Tensor))
@@ -187,6 +194,7 @@ class ESOptimizer(torch.optim.Optimizer):
             "best_member": size(self._best_params),
             "initial_params": size(self._initial_params),
             "rule_state": size(moments),
+            "master_params": self._masters.nbytes(),
         }
 
     def reset(self) -> None:
@@ -196,6 +204,7 @@ class ESOptimizer(torch.optim.Optimizer):
                 for p, value in zip(self._all_params(), self._initial_params):
                     p.copy_(value)
         self._initial_params = None
+        self._masters.reset()
         self.state = defaultdict(dict)
         self._rules = build_rules(self.param_groups, self.state)
         self.generation = 0
@@ -215,9 +224,8 @@ class ESOptimizer(torch.optim.Optimizer):
             "fitness_history": list(self.fitness_history),
             "best_fitness": self.best_fitness,
             "best_params": None if self._best_params is None else [t.clone() for t in self._best_params],
-            **run_settings(
-                self
-            ),  # rank, antithetic, noise_reuse, group_size, elite_k, shaping: checked on load
+            "master_params": self._masters.state(),
+            **run_settings(self),  # rank, antithetic, noise_reuse, group_size, elite_k, shaping: checked on load
         }
         for packed in state["param_groups"]:  # a callable rule is saved by name (loads with weights_only)
             packed["optimizer"] = describe_rule(packed["optimizer"])
@@ -238,7 +246,10 @@ class ESOptimizer(torch.optim.Optimizer):
         rules = restored_rules(
             state_dict["param_groups"], self.param_groups
         )  # raises before anything changes
-        super().load_state_dict({k: v for k, v in state_dict.items() if k != "es"})
+        params = self._all_params()
+        self._masters.load(es.get("master_params"), params)
+        with self._masters.swapped(params):  # moments are cast to the masters' fp32, not to bf16
+            super().load_state_dict({k: v for k, v in state_dict.items() if k != "es"})
         for group, rule in zip(self.param_groups, rules):
             group["optimizer"] = rule
         self._rules = build_rules(self.param_groups, self.state)
