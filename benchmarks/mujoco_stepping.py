@@ -52,7 +52,9 @@ def lockstep_bare(make_env, n: int, workers: int, seconds: float) -> Callable[[]
     def run() -> float:
         steps, start, seed = 0, time.perf_counter(), 0
         while time.perf_counter() - start < seconds:
-            episodes = rollout(envs, lambda obs: rng.uniform(low, high, (n, envs.act_dim)), seed + np.arange(n))
+            episodes = rollout(
+                envs, lambda obs: rng.uniform(low, high, (n, envs.act_dim)), seed + np.arange(n)
+            )
             steps, seed = steps + int(episodes.lengths.sum()), seed + n
         return steps / (time.perf_counter() - start)
 
@@ -65,7 +67,9 @@ def generations(make_env, population: int, centers: int, workers: int, seconds: 
     probe = make_env()
     torch.manual_seed(0)
     policy = nn.Linear(probe.observation_space.shape[0], probe.action_space.shape[0])
-    roll = PopulationRollout(make_env, policy, population, seed=0, num_workers=workers, center_episodes=centers)
+    roll = PopulationRollout(
+        make_env, policy, population, seed=0, num_workers=workers, center_episodes=centers
+    )
     roll.envs.always_split = workers > 0
     trainer = EGGROLLTrainer(policy.parameters(), model=policy, fitness_fn=roll.fitness, population_size=population,
                              learning_rate=1e-3, sigma=0.03, rank=1, seed=0, batched=True, optimizer="sgd",
@@ -104,7 +108,9 @@ def main() -> None:
     )
     parser.add_argument("--env-id", default="HalfCheetah-v5")
     parser.add_argument("--population", type=int, default=64, help="N members (HalfCheetah's preset: 64)")
-    parser.add_argument("--center-episodes", type=int, default=5, help="E episodes of the center per generation")
+    parser.add_argument(
+        "--center-episodes", type=int, default=5, help="E episodes of the center per generation"
+    )
     parser.add_argument("--episode-steps", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=3.0, help="per case and round")
     parser.add_argument("--repeats", type=int, default=3, help="rounds")
@@ -123,7 +129,9 @@ def main() -> None:
         REFERENCE: lockstep_bare(make_env, n, 0, s),
         "bare stepping, main + 1 worker": lockstep_bare(make_env, n, 1, s),
         "bare stepping, 2 workers (one per core)": lockstep_bare(make_env, n, 2, s),
-        "training generations, one process": generations(make_env, args.population, args.center_episodes, 0, s),
+        "training generations, one process": generations(
+            make_env, args.population, args.center_episodes, 0, s
+        ),
         "training generations, main + 1 worker": generations(
             make_env, args.population, args.center_episodes, 1, s
         ),

@@ -60,7 +60,12 @@ class LockstepEnvs:
     """
 
     def __init__(
-        self, make_env: MakeEnv, n: int, num_workers: int = 0, probe_every: int = 10, always_split: bool = False
+        self,
+        make_env: MakeEnv,
+        n: int,
+        num_workers: int = 0,
+        probe_every: int = 10,
+        always_split: bool = False,
     ) -> None:
         if n < 1 or num_workers < 0 or probe_every < 1:
             raise ValueError(

@@ -98,7 +98,12 @@ class PopulationRollout:
                 f"Invalid PopulationRollout: population_size={population_size}, obs_clip={obs_clip}, "
                 f"center_episodes={center_episodes}"
             )
-        self.n, self.e, self.policy, self.reward_shift = population_size, center_episodes, policy, float(reward_shift)
+        self.n, self.e, self.policy, self.reward_shift = (
+            population_size,
+            center_episodes,
+            policy,
+            float(reward_shift),
+        )
         self.normalize, self.obs_clip = normalize, float(obs_clip)
         self.envs = LockstepEnvs(make_env, population_size + center_episodes, num_workers)  # rows N..: θ
         self.stats = RunningMeanStd(self.envs.obs_dim, std_floor)
@@ -145,7 +150,10 @@ class PopulationRollout:
         self._obs += np.concatenate([[episodes.obs_count], episodes.obs_sum, episodes.obs_sq_sum])
         self._played_members[lo:hi] = True
         if center:
-            self._center_returns, self._center_lengths = episodes.returns[n:].copy(), episodes.lengths[n:].copy()
+            self._center_returns, self._center_lengths = (
+                episodes.returns[n:].copy(),
+                episodes.lengths[n:].copy(),
+            )
         shaped = episodes.returns[lo:hi] - self.reward_shift * episodes.lengths[lo:hi]
         return torch.as_tensor(shaped, dtype=torch.float64)
 
