@@ -403,6 +403,10 @@ def test_guide_script_runs():
     """docs/guide/rl.md: the ES-RL script (3 generations here) and the low-level example."""
     from test_docs_snippets import ROOT, run_page
 
-    ns = run_page(ROOT / "docs" / "guide" / "rl.md", budgets={"range(50)": "range(3)"})
-    assert ns["trainer"].generation == 3 and ns["returns"].shape == (5,)
+    first = []
+    ns = run_page(ROOT / "docs" / "guide" / "rl.md", budgets={"range(50)": "range(3)"},
+                  checks={0: lambda ns: first.append(ns["trainer"].generation)})  # fmt: skip
+    assert first == [3] and ns["returns"].shape == (5,)  # the first script's evaluation
+    assert ns["trainer"].generation == 10 and ns["name"] in ns["candidates"] and ns["final"].shape == (5,)
+    assert set(ns["selection"]) == set(ns["candidates"]) and len(ns["candidates"]) <= 4
     assert ns["episodes"].lengths.shape == (8,) and (ns["episodes"].returns == ns["episodes"].lengths).all()
