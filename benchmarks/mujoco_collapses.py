@@ -41,18 +41,19 @@ mujoco.set_mju_user_warning(lambda msg: None)
 
 
 def replay(
-    env, policy: nn.Module, normaliser, seed: int, rows: int, clip: float = 10.0
+    env, policy: nn.Module, normaliser, seed: int, rows: int, row: int, clip: float = 10.0
 ) -> tuple[float, float, float]:
-    """(return, max |torso pitch|, share of steps on its back) of one episode, as PopulationRollout plays it:
-    the observation is row 0 of a batch of ``rows`` (the center's rows), so the product runs the same kernel."""
+    """(return, max |torso pitch|, share of steps on its back) of one episode, as PopulationRollout plays it.
+    The observation is row ``row`` of a batch of ``rows`` (the center's rows): a product's rounding can
+    depend on the row's position in the batch (the kernel's blocking), not on the other rows' values."""
     mean, std = normaliser
     obs, _ = env.reset(seed=int(seed))
     total, pitch, done = 0.0, [], False
     batch = np.zeros((rows, len(mean)), dtype=np.float32)
     while not done:
-        batch[0] = np.clip((obs - mean) * (1.0 / std), -clip, clip).astype(np.float32)
+        batch[row] = np.clip((obs - mean) * (1.0 / std), -clip, clip).astype(np.float32)
         with torch.no_grad():
-            action = np.clip(policy(torch.from_numpy(batch)).numpy()[0].astype(np.float64), -1.0, 1.0)
+            action = np.clip(policy(torch.from_numpy(batch)).numpy()[row].astype(np.float64), -1.0, 1.0)
         obs, reward, terminated, truncated, _ = env.step(action)
         total, done = total + reward, terminated or truncated
         pitch.append(float(env.unwrapped.data.qpos[2]))
@@ -60,26 +61,8 @@ def replay(
     return total, float(pitch.max()), float((pitch > np.pi / 2).mean())
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--time-budget", type=float, default=90.0)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--center-episodes", type=int, default=5)
-    parser.add_argument("--num-workers", type=int, default=0, help="0: one core, the machine is shared")
-    parser.add_argument("--collapse-fraction", type=float, default=0.5)
-    parser.add_argument("--min-median", type=float, default=1000.0)
-    parser.add_argument(
-        "--fresh", type=int, default=20, help="fresh episodes of each collapsed generation's θ"
-    )
-    parser.add_argument("--out", default=str(RESULTS / "mujoco_collapses.md"))
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    torch.manual_seed(args.seed)
-    caption = machine()
-    hp = preset_for("HalfCheetah-v5")
-    make_env = functools.partial(gym.make, "HalfCheetah-v5", disable_env_checker=True)
+def train(args, hp, make_env) -> tuple[list, float]:
+    """The preset's run; per generation θ (a copy), its frozen normaliser, the center seeds and returns."""
     policy = nn.Linear(17, 6)
     nn.init.zeros_(policy.weight)
     nn.init.zeros_(policy.bias)
@@ -108,12 +91,44 @@ def main() -> None:
         )
     train_s = time.perf_counter() - start
     roll.close()
+    return played, train_s
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--time-budget", type=float, default=90.0)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--center-episodes", type=int, default=5)
+    parser.add_argument("--num-workers", type=int, default=0, help="0: one core, the machine is shared")
+    parser.add_argument("--collapse-fraction", type=float, default=0.5)
+    parser.add_argument("--min-median", type=float, default=1000.0)
+    parser.add_argument(
+        "--fresh", type=int, default=20, help="fresh episodes of each collapsed generation's θ"
+    )
+    parser.add_argument("--out", default=str(RESULTS / "mujoco_collapses.md"))
+    parser.add_argument(
+        "--played", default=None, help="a file of the played generations: loaded if it exists, else written"
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(args.seed)
+    caption = machine()
+    hp = preset_for("HalfCheetah-v5")
+    make_env = functools.partial(gym.make, "HalfCheetah-v5", disable_env_checker=True)
+    if args.played and Path(args.played).exists():
+        played, train_s = torch.load(args.played, weights_only=False)
+    else:
+        played, train_s = train(args, hp, make_env)
+        if args.played:
+            torch.save((played, train_s), args.played)
 
     env = make_env()
     rng = np.random.default_rng(12345)
     rows, flips_all, checked = [], [], 0
     # every center episode replayed outside the lockstep: does the lockstep evaluation measure the policy?
-    same = [replay(env, theta, norm, seed, len(r))[0] == r[k] for theta, norm, seeds, r, _ in played
+    same = [replay(env, theta, norm, seed, len(r), k)[0] == r[k] for theta, norm, seeds, r, _ in played
             for k, seed in enumerate(seeds)]  # fmt: skip
     for g, (theta, normaliser, seeds, returns, members) in enumerate(played, start=1):
         median = float(np.median(returns))
@@ -123,11 +138,12 @@ def main() -> None:
             if median >= args.min_median and r < args.collapse_fraction * median
         ]
         for k in low:
-            again, pitch, back = replay(env, theta, normaliser, seeds[k], len(returns))
+            again, pitch, back = replay(env, theta, normaliser, seeds[k], len(returns), k)
             good = int(np.argmax(returns))
-            _, good_pitch, _ = replay(env, theta, normaliser, seeds[good], len(returns))
+            _, good_pitch, _ = replay(env, theta, normaliser, seeds[good], len(returns), good)
             fresh = [
-                replay(env, theta, normaliser, s, len(returns)) for s in rng.integers(2**31, size=args.fresh)
+                replay(env, theta, normaliser, s, len(returns), 0)
+                for s in rng.integers(2**31, size=args.fresh)
             ]
             flipped = np.mean([b > 0 for _, _, b in fresh])
             checked += 1

@@ -6,11 +6,11 @@ live in shared memory; a step is one pipe message per worker, and only unfinishe
 [`rollout`][eggroll_trainer.rl.rollout] (``episodes.py``) plays one episode in each of them with a batched
 policy.
 
-Why not ``gymnasium.vector`` (``benchmarks/mujoco_stepping.py`` times the options): on HalfCheetah-v5 with 33
+Why not ``gymnasium.vector`` (``benchmarks/mujoco_stepping.py --vector`` times it): on HalfCheetah-v5 with 33
 environments on a 2-core machine, ``SyncVectorEnv`` stepped ~0.6x and ``AsyncVectorEnv`` ~0.35x as fast as one
-bare environment (one pipe message per env per step), this stepper ~0.8x in one process and ~1x or more split
-over the main process and one worker. Vector envs also reset finished members automatically and cannot leave
-them alone, so on tasks that terminate (Hopper, Walker2d, Ant) they keep simulating finished members.
+bare environment (one pipe message per env per step), this stepper ~0.8x in one process. Vector envs also
+reset finished members automatically and cannot leave them alone, so on tasks that terminate (Hopper,
+Walker2d, Ant) they keep simulating finished members.
 """
 
 from __future__ import annotations
