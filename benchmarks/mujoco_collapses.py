@@ -156,7 +156,8 @@ def main() -> None:
     lines = [
         f"**HalfCheetah-v5: {args.center_episodes} center episodes per generation, the low ones replayed**",
         "",
-        f"`python benchmarks/mujoco_collapses.py --time-budget {args.time_budget:g} --seed {args.seed}`; "
+        f"`python benchmarks/mujoco_collapses.py --time-budget {args.time_budget:g} --seed {args.seed} "
+        f"--num-workers {args.num_workers}`; "
         f"{caption}. {len(played)} generations in {train_s:.0f} s (preset: {hp.population_size} members, ARS' "
         f"HalfCheetah settings); best generation median {max(medians):,.0f}; generations whose lowest episode "
         f"was below {args.collapse_fraction:g} × their median (median ≥ {args.min_median:,.0f}): "

@@ -1,7 +1,7 @@
 """How fast do the environments of a MuJoCo generation step, with and without the policy? (eggroll_trainer.rl)
 
-The reference is **bare single-process stepping**: the generation's N + E environments (64 members and 5
-episodes of the center by default) in one ``LockstepEnvs``, random actions, no policy. Against it, in the
+The reference is **bare single-process stepping**: the generation's N + E environments (the task preset's N
+members and 5 episodes of the center by default) in one ``LockstepEnvs``, random actions, no policy. Against it, in the
 same run and interleaved round by round (the machine is shared: each round's ratio is taken under one load):
 
 * bare stepping split over processes (random actions): main + 1 worker, and 2 workers (one per core, the
@@ -38,6 +38,7 @@ from torch import nn
 
 from eggroll_trainer import EGGROLLTrainer
 from eggroll_trainer.rl import LockstepEnvs, PopulationRollout, bare_steps_per_s, rollout
+from eggroll_trainer.rl.presets import preset_for
 
 mujoco.set_mju_user_warning(lambda msg: None)  # v5 models warn about 'settotalmass' once per env
 REFERENCE = "bare stepping, one process (the reference)"
@@ -107,7 +108,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--env-id", default="HalfCheetah-v5")
-    parser.add_argument("--population", type=int, default=64, help="N members (HalfCheetah's preset: 64)")
+    parser.add_argument("--population", type=int, default=None, help="N members (default: the task's preset)")
     parser.add_argument(
         "--center-episodes", type=int, default=5, help="E episodes of the center per generation"
     )
@@ -117,6 +118,7 @@ def main() -> None:
     parser.add_argument("--vector", action="store_true", help="also time gymnasium's vector envs")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    args.population = args.population or preset_for(args.env_id).population_size
     torch.set_num_threads(1)
     caption = machine()
     kwargs = dict(disable_env_checker=True, max_episode_steps=args.episode_steps)
