@@ -3,12 +3,12 @@ r"""Reinforcement learning with ES: a whole population plays its episodes in loc
 One generation: the N members each play one episode of any gymnasium environment and the unperturbed
 ("center") policy θ plays ``center_episodes`` (E) episodes, all at once. At every step the members'
 observations, shape (N, obs_dim), go through the policy in population mode — one call, member i at row i —
-and the N actions come back; the center's E rows go through a plain copy of θ. A member whose episode has ended is masked (not stepped, earns nothing)
-until the last one is done. What published ES needs on MuJoCo (OpenAI-ES, ARS, EvoTorch) is built in:
+and the N actions come back; the center's E rows go through a plain copy of θ. A finished episode is masked
+(not stepped, earns nothing) until the last one is done. What published ES needs on MuJoCo (OpenAI-ES, ARS,
+EvoTorch) is built in:
 
-* observation normalisation shared by the population: the policy sees $\mathrm{clip}((o - \mu)/s, \pm c)$
-  with the running mean $\mu$ and std $s$ of every observation the members have seen, frozen during a
-  generation and updated from that generation's observations;
+* observation normalisation shared by the population (``normalisation``), frozen during a generation and
+  updated from that generation's observations;
 * a reward shift (ARS' *shift*, EvoTorch's ``decrease_rewards_by``): the training fitness is
   $R - \text{shift}\cdot T$ for an episode of return $R$ and length $T$, which removes the alive bonus of
   Hopper, Walker2d and Ant; the reported returns are always the environment's own;
