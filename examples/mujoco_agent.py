@@ -1,14 +1,17 @@
 """MuJoCo agents trained by EGGROLL, the whole population playing in lockstep (``eggroll_trainer.rl``).
 
-Each generation the N members and the unperturbed ("center") policy θ play one episode each, at once: at each
-step the members' observations (N, obs_dim) go through the policy in population mode in one call.
+Each generation the N members play one episode each and the unperturbed ("center") policy θ plays
+``--center-episodes`` episodes, all at once: at each step the members' observations (N, obs_dim) go through
+the policy in population mode in one call.
 ``PopulationRollout`` masks finished members, normalises observations (running mean/std shared by the
 population, frozen during a generation) and subtracts the alive bonus from the training fitness, never from
 the logged returns; ``EGGROLLTrainer`` moves θ with the task's preset (``eggroll_trainer.rl.presets``: Adam on
-centered ranks, or ARS' top-b pairs and SGD). ``eval_return`` is the center's return. Outputs in
-``--output-dir``: ``metrics.csv``, ``learning_curve.png``, ``summary.json``, ``policy.pt`` (a plain
-``nn.Sequential``, normaliser included: ``torch.load(path, weights_only=False)(obs)``) and, with ``--gif``,
-``policy.gif`` (``eggroll_trainer.rl.render``).
+centered ranks, or ARS' top-b pairs and SGD). ``eval_return`` is the median of the center's episodes.
+The run keeps its ``--keep-best`` best policies by ``eval_return``; at the end they and the last policy play
+the same ``--select-episodes`` fresh episodes and the best mean is saved (``eggroll_trainer.rl.select_best``).
+Outputs in ``--output-dir``: ``metrics.csv``, ``learning_curve.png``, ``summary.json``, ``policy.pt`` (that
+policy: a plain ``nn.Sequential``, normaliser included: ``torch.load(path, weights_only=False)(obs)``),
+``policy_last.pt`` (θ at the end) and, with ``--gif``, ``policy.gif`` (``eggroll_trainer.rl.render``).
 
     python examples/mujoco_agent.py --env-id Hopper-v5 --time-budget 600 --gif
     torchrun --standalone --nproc_per_node=2 examples/mujoco_agent.py --num-workers 0  # two processes share N
@@ -45,7 +48,7 @@ from tqdm.auto import tqdm
 
 from eggroll_trainer import EGGROLLTrainer
 from eggroll_trainer.distributed import any_rank, init_from_torchrun, world
-from eggroll_trainer.rl import PopulationRollout, bare_steps_per_s
+from eggroll_trainer.rl import BestPolicies, PopulationRollout, bare_steps_per_s, select_best
 from eggroll_trainer.rl.presets import Preset, preset_for
 from eggroll_trainer.rl.render import save_gif
 
@@ -79,7 +82,12 @@ class Args:
     max_episode_steps: int | None = None  # episode length limit (unset: the task's, 1000 for most)
     obs_clip: float = 10.0  # normalised observations are clipped to ±obs_clip
     num_workers: int = 1  # worker processes stepping environments beside the main process (0: none)
-    eval_episodes: int = 5  # episodes of the final evaluation of the saved policy
+    center_episodes: int = (
+        5  # episodes of θ per generation, in the same lockstep; eval_return is their median
+    )
+    keep_best: int = 3  # policies kept by eval_return, re-evaluated at the end with the last one
+    select_episodes: int = 5  # fresh episodes of each kept policy at the end; the best mean is saved
+    eval_episodes: int = 5  # other fresh episodes: the final evaluation of the saved policy
     calibration_s: float = 2.0  # seconds of bare single-env stepping timed at start and end (reference)
 
 
@@ -99,7 +107,10 @@ def plot_curve(rows: list[dict[str, float]], title: str, out: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, x, label in ((axes[0], col("env_steps") / 1e6, "environment steps (millions)"),
                          (axes[1], col("wall_time_s"), "wall time (s)")):  # fmt: skip
-        ax.plot(x, col("eval_return"), label="unperturbed policy θ (eval_return)")
+        ax.fill_between(
+            x, col("eval_min"), col("eval_max"), alpha=0.25, lw=0, label="θ: min–max of its episodes"
+        )
+        ax.plot(x, col("eval_return"), label="θ: median of its episodes (eval_return)")
         ax.plot(x, col("mean_return"), alpha=0.7, label="population mean")
         ax.set(xlabel=label, ylabel="episode return")
         ax.grid(alpha=0.3)
@@ -134,7 +145,8 @@ def main(args: Args) -> None:
     obs_dim, act_dim = probe.observation_space.shape[0], probe.action_space.shape[0]
     policy = make_policy(obs_dim, act_dim, hp.hidden)
     rollout = PopulationRollout(make_env, policy, hp.population_size, seed=args.seed, reward_shift=hp.alive_bonus,
-                                normalize=hp.normalize, obs_clip=args.obs_clip, num_workers=args.num_workers)  # fmt: skip
+                                normalize=hp.normalize, obs_clip=args.obs_clip, num_workers=args.num_workers,
+                                center_episodes=args.center_episodes)  # fmt: skip
     trainer = EGGROLLTrainer(policy.parameters(), model=policy, fitness_fn=rollout.fitness,
                              population_size=hp.population_size, learning_rate=hp.lr, sigma=hp.sigma, rank=hp.rank,
                              elite_k=hp.elite_k, seed=args.seed, optimizer=hp.optimizer,
@@ -142,9 +154,10 @@ def main(args: Args) -> None:
     if lead:
         print(f"{env_id}: obs {obs_dim}, act {act_dim}, {hp}; bare {bare_start:,.0f} steps/s; to {out}")
 
-    fields = ["generation", "env_steps", "wall_time_s", "mean_return", "eval_return", "max_return",
-              "mean_length", "eval_length", "steps_per_s", "generation_s", "worker_envs"]  # fmt: skip
+    fields = ["generation", "env_steps", "wall_time_s", "mean_return", "eval_return", "eval_min", "eval_max",
+              "max_return", "mean_length", "eval_length", "steps_per_s", "generation_s", "worker_envs"]  # fmt: skip
     rows: list[dict[str, float]] = []
+    best = BestPolicies(keep=args.keep_best)  # the policies θ played in the best-scoring generations
     env_steps, gen_time, start = 0, 0.0, time.perf_counter()
     bar = tqdm(total=round(time_budget or total_env_steps), unit="s" if time_budget else "step",
                dynamic_ncols=True, disable=not lead)  # fmt: skip
@@ -163,12 +176,15 @@ def main(args: Args) -> None:
             row = dict(
                 generation=trainer.generation, env_steps=env_steps, wall_time_s=round(wall, 2),
                 mean_return=round(float(gen.returns.mean()), 2), eval_return=round(gen.center_return, 2),
+                eval_min=round(float(gen.center_returns.min()), 2), eval_max=round(float(gen.center_returns.max()), 2),
                 max_return=round(float(gen.returns.max()), 2), mean_length=float(gen.lengths.mean()),
                 eval_length=gen.center_length, steps_per_s=round(env_steps / wall), generation_s=round(gen_time, 3),
                 worker_envs=int(rollout.envs.n - rollout.envs.shares[0]),
             )  # fmt: skip
             rows.append(row)
             writer.writerow(row)
+            if lead:  # the policy that scored eval_return: θ before this generation's update
+                best.offer(gen.center_return, f"generation {trainer.generation}", rollout.played_center)
             fh.flush()
             bar.update((int(min(wall, time_budget)) if time_budget else min(env_steps, bar.total)) - bar.n)
             bar.set_postfix_str(f"gen {trainer.generation}, eval_return {gen.center_return:.0f}")
@@ -178,9 +194,17 @@ def main(args: Args) -> None:
         rollout.close()
         return
 
-    deployed = rollout.deployable()  # θ after the last update, with the normaliser it was trained with
+    # The kept policies and the last one play the same fresh episodes; the best mean is saved, then evaluated
+    # on other fresh episodes (the selection episodes favour the policy that won them).
+    last = rollout.deployable()  # θ after the last update, with the normaliser it was trained with
+    candidates = {**best.policies(), "last": last}
+    chosen, selection = select_best(
+        candidates, lambda p: rollout.evaluate(args.select_episodes, seed=10_000 * (args.seed + 1), policy=p)
+    )
+    deployed = candidates[chosen]
     torch.save(deployed, out / "policy.pt")
-    final = rollout.evaluate(args.eval_episodes, seed=10_000 * (args.seed + 1))
+    torch.save(last, out / "policy_last.pt")
+    final = rollout.evaluate(args.eval_episodes, seed=10_000 * (args.seed + 1) + 5_000, policy=deployed)
     rollout.close()
     bare_end = bare_steps_per_s(make_env, args.calibration_s, args.seed)
     bare = (bare_start + bare_end) / 2
@@ -191,6 +215,8 @@ def main(args: Args) -> None:
         train_time_s=round(train_time, 1), steps_per_s=round(env_steps / train_time),
         bare_steps_per_s_start=round(bare_start), bare_steps_per_s_end=round(bare_end),
         throughput_ratio=round(env_steps / train_time / bare, 3), eval_return_last=rows[-1]["eval_return"],
+        saved_policy=chosen, selection_mean={k: round(float(v.mean()), 2) for k, v in selection.items()},
+        selection_episodes=args.select_episodes, kept_eval_return=best.scores(),
         final_eval_mean=round(float(final.mean()), 2), final_eval_std=round(float(final.std()), 2),
         final_eval_episodes=len(final), load_avg_start=load_start, load_avg_end=os.getloadavg(),
         args=dataclasses.asdict(args),
@@ -206,7 +232,8 @@ def main(args: Args) -> None:
                   "training results are unaffected.")  # fmt: skip
     print(f"{trainer.generation} generations, {env_steps:,} env steps in {train_time:.0f} s: {summary['steps_per_s']:,} steps/s "
           f"= {summary['throughput_ratio']:.2f}x bare single-env stepping ({bare_start:,.0f} / {bare_end:,.0f} steps/s at start / end)\n"
-          f"eval_return (θ, last generation) {rows[-1]['eval_return']:.1f}; saved policy over {len(final)} episodes "
+          f"eval_return (θ, last generation) {rows[-1]['eval_return']:.1f}; saved policy ({chosen}, best of "
+          f"{len(candidates)} over {args.select_episodes} episodes) over {len(final)} other episodes "
           f"{summary['final_eval_mean']:.1f} ± {summary['final_eval_std']:.1f}; outputs in {out}")  # fmt: skip
 
 

@@ -24,14 +24,14 @@ pytest.importorskip("mujoco")  # the examples extra: pip install -e ".[examples]
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "mujoco_agent.py"
-COLUMNS = ["generation", "env_steps", "wall_time_s", "mean_return", "eval_return", "max_return", "mean_length",
-           "eval_length", "steps_per_s", "generation_s", "worker_envs"]  # fmt: skip
+COLUMNS = ["generation", "env_steps", "wall_time_s", "mean_return", "eval_return", "eval_min", "eval_max",
+           "max_return", "mean_length", "eval_length", "steps_per_s", "generation_s", "worker_envs"]  # fmt: skip
 
 
 def tiny_run_command(name: str, out: Path) -> list[str]:
     flags = ["--env-id", f"{name}-v5", "--output-dir", str(out), "--total-env-steps", "120"]
     flags += ["--population-size", "4", "--max-episode-steps", "15", "--calibration-s", "0.05"]
-    flags += ["--eval-episodes", "2"]
+    flags += ["--eval-episodes", "2", "--center-episodes", "3", "--select-episodes", "2", "--keep-best", "2"]
     if name in ("HalfCheetah", "Hopper", "Swimmer"):
         flags += ["--gif", "--gif-seconds", "10"]
     return [sys.executable, str(SCRIPT), *flags]
@@ -71,7 +71,7 @@ def test_preset_runs_end_to_end(name: str, preset_runs: dict) -> None:
     proc, tmp_path = preset_runs[name]
     env_id = f"{name}-v5"
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for file in ("metrics.csv", "learning_curve.png", "policy.pt", "summary.json"):
+    for file in ("metrics.csv", "learning_curve.png", "policy.pt", "policy_last.pt", "summary.json"):
         assert (tmp_path / file).stat().st_size > 0, file
 
     with open(tmp_path / "metrics.csv", newline="") as fh:
@@ -82,8 +82,14 @@ def test_preset_runs_end_to_end(name: str, preset_runs: dict) -> None:
     assert steps == sorted(steps) and steps[-1] >= 120
     assert all(math.isfinite(float(r[c])) for r in rows for c in COLUMNS)
     assert all(1 <= int(r["eval_length"]) <= 15 for r in rows)
+    assert all(float(r["eval_min"]) <= float(r["eval_return"]) <= float(r["eval_max"]) for r in rows)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["env_steps"] == steps[-1] and summary["throughput_ratio"] > 0
+    # the saved policy: the best mean over the same fresh episodes among the kept ones and the last one
+    selection = summary["selection_mean"]
+    assert len(summary["kept_eval_return"]) <= 2 and set(selection) == {*summary["kept_eval_return"], "last"}
+    assert selection[summary["saved_policy"]] == max(selection.values())
+    assert summary["final_eval_episodes"] == 2
 
     # The documented one-liner: plain torch layers, raw observation in, bounded action out.
     policy = torch.load(tmp_path / "policy.pt", weights_only=False)

@@ -12,7 +12,14 @@ import torch
 from torch import nn
 
 from eggroll_trainer import EGGROLLTrainer
-from eggroll_trainer.rl import LockstepEnvs, PopulationRollout, RunningMeanStd, rollout
+from eggroll_trainer.rl import (
+    BestPolicies,
+    LockstepEnvs,
+    PopulationRollout,
+    RunningMeanStd,
+    rollout,
+    select_best,
+)
 
 gym = pytest.importorskip("gymnasium")
 
@@ -65,11 +72,13 @@ class LineEnv(gym.Env):
         return np.array([self.x, 3.0])
 
 
-def line_setup(n=8, shift=0.0, chunk_size=None):
+def line_setup(n=8, shift=0.0, chunk_size=None, center_episodes=1):
     LineEnv.made = []
     torch.manual_seed(0)
     policy = nn.Linear(2, 1)
-    rollout_ = PopulationRollout(LineEnv, policy, n, seed=1, reward_shift=shift)
+    rollout_ = PopulationRollout(
+        LineEnv, policy, n, seed=1, reward_shift=shift, center_episodes=center_episodes
+    )
     trainer = EGGROLLTrainer(policy.parameters(), model=policy, fitness_fn=rollout_.fitness, population_size=n,
                              learning_rate=0.1, sigma=0.3, seed=0, batched=True, optimizer="adam",
                              fitness_shaping="centered_rank", chunk_size=chunk_size)  # fmt: skip
@@ -179,6 +188,91 @@ def test_generation_reward_shift_normaliser_and_center():
     roll.close()
 
 
+def play(policy, seed, normaliser):
+    """One LineEnv episode of a plain copy of θ behind a frozen normaliser (mean, std): the reference."""
+    mean, std = normaliser
+    env = LineEnv()
+    LineEnv.made.pop()
+    obs, _ = env.reset(seed=int(seed))
+    done, total = False, 0.0
+    while not done:
+        x = torch.as_tensor(np.clip((obs - mean) / std, -10, 10), dtype=torch.float32)
+        obs, reward, done, _, _ = env.step(np.clip(policy(x).detach().double().numpy(), -1, 1))
+        total += reward
+    return total, env.t
+
+
+def test_center_median_of_several_episodes_and_the_policy_that_played_them():
+    n, e = 6, 3
+    policy, roll, trainer = line_setup(n, center_episodes=e)
+    for _ in range(3):
+        normaliser, seeds, theta = (roll.stats.mean, roll.stats.std), roll.seeds.copy(), copy.deepcopy(policy)
+        assert len(seeds) == n + e and len(set(seeds[n:])) == e  # every center episode from its own state
+        trainer.step()
+        gen = roll.end_generation()
+        played = [play(theta, seed, normaliser) for seed in seeds[n:]]
+        np.testing.assert_allclose(gen.center_returns, [r for r, _ in played])
+        np.testing.assert_array_equal(gen.center_lengths, [t for _, t in played])
+        assert gen.center_return == np.median(gen.center_returns) and gen.center_length == np.median(
+            gen.center_lengths
+        )
+        assert gen.env_steps == gen.lengths.sum() + gen.center_lengths.sum()
+        # played_center(): the policy the center played (θ before the update, the normaliser frozen then)
+        obs = torch.tensor([[2.0, 3.0], [-1.0, 3.0]])
+        x = torch.as_tensor(
+            np.clip((obs.numpy() - normaliser[0]) / normaliser[1], -10, 10), dtype=torch.float32
+        )
+        torch.testing.assert_close(roll.played_center()(obs), theta(x).clamp(-1, 1), atol=1e-5, rtol=1e-5)
+        assert not torch.equal(theta.weight, policy.weight)  # θ itself has moved on
+    roll.close()
+
+
+def test_evaluate_any_number_of_episodes_of_any_policy():
+    policy, roll, trainer = line_setup(n=4)  # 5 environments
+    with pytest.raises(RuntimeError, match="no generation"):
+        roll.played_center()
+    trainer.step()
+    roll.end_generation()
+    many = roll.evaluate(12, seed=3)  # θ now: 12 episodes, 5 at a time, seeds 3 .. 14
+    assert many.shape == (12,)
+    np.testing.assert_array_equal(many[:5], roll.evaluate(5, seed=3))
+    normaliser = (roll.stats.mean, roll.stats.std)
+    np.testing.assert_allclose(many, [play(policy, seed, normaliser)[0] for seed in range(3, 15)])
+    deployed = roll.evaluate(12, seed=3, policy=roll.deployable())  # the same policy as plain layers
+    np.testing.assert_allclose(deployed, many, rtol=1e-5)
+    with pytest.raises(ValueError, match="episodes"):
+        roll.evaluate(0, seed=3)
+    roll.close()
+    with pytest.raises(ValueError, match="center_episodes=0"):
+        PopulationRollout(LineEnv, policy, 4, center_episodes=0)
+
+
+def test_best_policies_keep_the_best_few():
+    built = []
+
+    def build(name):
+        return lambda: built.append(name) or nn.Linear(1, 1)
+
+    best = BestPolicies(keep=2)
+    for name, score in [("a", 1.0), ("b", 3.0), ("c", 2.0), ("d", 3.0), ("e", float("nan")), ("f", 0.5)]:
+        best.offer(score, name, build(name))
+    assert best.scores() == {"b": 3.0, "d": 3.0}  # best first; on a tie the earlier one first
+    assert list(best.policies()) == ["b", "d"]
+    assert built == ["a", "b", "c", "d"]  # a policy is only built when it is kept
+    with pytest.raises(ValueError, match="keep"):
+        BestPolicies(keep=0)
+
+
+def test_select_best_by_mean_return_on_the_same_episodes():
+    candidates = {"early": nn.Linear(1, 1), "late": nn.Linear(1, 1), "last": nn.Linear(1, 1)}
+    means = {id(candidates["early"]): 5.0, id(candidates["late"]): 7.0, id(candidates["last"]): 7.0}
+    name, returns = select_best(candidates, lambda p: np.array([means[id(p)] - 1, means[id(p)] + 1]))
+    assert name == "late" and list(returns) == ["early", "late", "last"]  # a tie goes to the first
+    np.testing.assert_array_equal(returns["early"], [4.0, 6.0])
+    with pytest.raises(ValueError, match="no candidates"):
+        select_best({}, lambda p: np.zeros(1))
+
+
 def test_end_generation_is_required():
     _, roll, trainer = line_setup()
     trainer.step()
@@ -245,6 +339,38 @@ def test_resume_continues_exactly():
     roll.close()
 
 
+@pytest.mark.parametrize("num_workers", [1, 2])
+def test_returns_do_not_depend_on_the_split(num_workers):
+    """The same seed gives the same episodes and the same θ whichever process steps which environment."""
+    pytest.importorskip("mujoco")
+    make_env = functools.partial(gym.make, "HalfCheetah-v5", max_episode_steps=15, disable_env_checker=True)
+
+    def run(workers):
+        torch.manual_seed(0)
+        policy = nn.Linear(17, 6)
+        roll = PopulationRollout(make_env, policy, 4, seed=0, num_workers=workers, center_episodes=2)
+        roll.envs.always_split = workers > 0
+        trainer = EGGROLLTrainer(policy.parameters(), model=policy, fitness_fn=roll.fitness, population_size=4,
+                                 sigma=0.1, seed=0, batched=True)  # fmt: skip
+        gens, shares = [], []
+        for _ in range(2):
+            trainer.step()
+            gens.append(roll.end_generation())
+            shares.append(roll.envs.shares.copy())
+        roll.close()
+        return gens, shares, policy.weight.detach().clone()
+
+    alone, _, theta = run(0)
+    split, shares, theta_split = run(num_workers)
+    # the first episodes are dealt out evenly (later ones by measured speed); with one worker per core the
+    # main process steps none and runs the policy
+    assert list(shares[0]) == ([3, 3] if num_workers == 1 else [0, 3, 3])
+    for a, b in zip(alone, split):
+        np.testing.assert_array_equal(a.returns, b.returns)
+        np.testing.assert_array_equal(a.center_returns, b.center_returns)
+    assert torch.equal(theta, theta_split)
+
+
 def test_discrete_actions_play_the_argmax():
     roll = PopulationRollout(functools.partial(gym.make, "CartPole-v1"), nn.Linear(4, 2), 4, seed=0)
     trainer = EGGROLLTrainer(roll.policy.parameters(), model=roll.policy, fitness_fn=roll.fitness,
@@ -277,6 +403,10 @@ def test_guide_script_runs():
     """docs/guide/rl.md: the ES-RL script (3 generations here) and the low-level example."""
     from test_docs_snippets import ROOT, run_page
 
-    ns = run_page(ROOT / "docs" / "guide" / "rl.md", budgets={"range(50)": "range(3)"})
-    assert ns["trainer"].generation == 3 and ns["returns"].shape == (5,)
+    first = []
+    ns = run_page(ROOT / "docs" / "guide" / "rl.md", budgets={"range(50)": "range(3)"},
+                  checks={0: lambda ns: first.append(ns["trainer"].generation)})  # fmt: skip
+    assert first == [3] and ns["returns"].shape == (5,)  # the first script's evaluation
+    assert ns["trainer"].generation == 10 and ns["name"] in ns["candidates"] and ns["final"].shape == (5,)
+    assert set(ns["selection"]) == set(ns["candidates"]) and len(ns["candidates"]) <= 4
     assert ns["episodes"].lengths.shape == (8,) and (ns["episodes"].returns == ns["episodes"].lengths).all()

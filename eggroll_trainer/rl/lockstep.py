@@ -6,11 +6,11 @@ live in shared memory; a step is one pipe message per worker, and only unfinishe
 [`rollout`][eggroll_trainer.rl.rollout] (``episodes.py``) plays one episode in each of them with a batched
 policy.
 
-Why not ``gymnasium.vector`` (``benchmarks/mujoco_stepping.py`` times the options): on HalfCheetah-v5 with 33
+Why not ``gymnasium.vector`` (``benchmarks/mujoco_stepping.py --vector`` times it): on HalfCheetah-v5 with 33
 environments on a 2-core machine, ``SyncVectorEnv`` stepped ~0.6x and ``AsyncVectorEnv`` ~0.35x as fast as one
-bare environment (one pipe message per env per step), this stepper ~0.8x in one process and ~1x or more split
-over the main process and one worker. Vector envs also reset finished members automatically and cannot leave
-them alone, so on tasks that terminate (Hopper, Walker2d, Ant) they keep simulating finished members.
+bare environment (one pipe message per env per step), this stepper ~0.8x in one process. Vector envs also
+reset finished members automatically and cannot leave them alone, so on tasks that terminate (Hopper,
+Walker2d, Ant) they keep simulating finished members.
 """
 
 from __future__ import annotations
@@ -42,14 +42,31 @@ class LockstepEnvs:
     again every ``probe_every`` resets; a split deals the envs out in proportion to each process's measured
     speed (seconds per env step, a worker's round trip included). ``shares`` holds the current split.
 
+    One worker per core: with ``num_workers >= 2`` a split gives the main process no environment, so its core
+    is free for the policy (and stays warm for it: after stepping dozens of MuJoCo environments, one
+    population-mode call of a linear policy took ~0.5 ms here, against ~0.15 ms without). With one worker,
+    the main process steps a share between its policy calls.
+
+    Results do not depend on the split: an environment's episode is the same in whichever process steps it,
+    and the policy always sees all ``n`` rows at once.
+
     Args:
         make_env: builds one environment (called ``n`` times per process; workers are forked where possible).
         n: number of environments.
         num_workers: worker processes beside this one (0: everything is stepped here).
         probe_every: resets between tries of the currently slower option.
+        always_split: never step "this process alone" (the split is still dealt by measured speed); the
+            attribute of that name may be changed between episodes. Benchmarks use it.
     """
 
-    def __init__(self, make_env: MakeEnv, n: int, num_workers: int = 0, probe_every: int = 10) -> None:
+    def __init__(
+        self,
+        make_env: MakeEnv,
+        n: int,
+        num_workers: int = 0,
+        probe_every: int = 10,
+        always_split: bool = False,
+    ) -> None:
         if n < 1 or num_workers < 0 or probe_every < 1:
             raise ValueError(
                 f"Invalid LockstepEnvs: n={n}, num_workers={num_workers}, probe_every={probe_every}"
@@ -74,7 +91,8 @@ class LockstepEnvs:
             proc.start()
             self.conns.append(parent)
             self.procs.append(proc)
-        self.probe_every, self._resets, self._since = probe_every, 0, time.perf_counter()
+        self.probe_every, self.always_split = probe_every, always_split
+        self._resets, self._since = 0, time.perf_counter()
         self.shares = self._split(np.ones(num_workers + 1))  # envs per process, this one first
         self._rate = np.full(2, np.nan)  # env steps per second between resets: alone, split
         self._cost = np.full(num_workers + 1, np.nan)  # seconds per env step, per process
@@ -128,6 +146,7 @@ class LockstepEnvs:
             split = int(np.isnan(self._rate[1]))  # try both: split first, then alone
         else:
             split = int(self._rate[1] >= self._rate[0]) ^ (self._resets % self.probe_every == 0)
+        split = split or self.always_split
         if not split:
             self.shares = np.zeros_like(self.shares)
             self.shares[0] = self.n
@@ -135,8 +154,12 @@ class LockstepEnvs:
             self.shares = self._split(np.where(np.isnan(self._cost), 1.0, 1 / self._cost))
 
     def _split(self, speed: np.ndarray) -> np.ndarray:
+        """Envs per process, in proportion to ``speed``; none for the main process with two workers or more."""
+        speed = speed.astype(float)
+        if len(speed) > 2:
+            speed[0] = 0.0  # the main process runs the policy: every worker has a core of its own
         shares = np.floor(self.n * speed / speed.sum()).astype(int)  # (processes,)
-        shares[0] = self.n - shares[1:].sum()
+        shares[int(np.argmax(speed))] += self.n - shares.sum()  # the rounding remainder to the fastest
         return shares
 
     def close(self) -> None:
