@@ -172,9 +172,30 @@ def select_targets(model: nn.Module, target_modules: str | Sequence[str] = "all-
 
 
 def save_model(model: nn.Module, tokenizer: Any, directory: str | Path) -> Path:
-    """``save_pretrained`` of the model (safetensors) and its tokenizer; loadable with ``load_causal_lm``."""
+    """Save the model as plain safetensors (and its tokenizer), loadable with ``from_pretrained`` and
+    [`load_causal_lm`][eggroll_trainer.llm.models.load_causal_lm].
+
+    A model loaded from a GGUF file holds ordinary dequantised tensors but stays *marked* quantised
+    (``model.hf_quantizer``, ``config.quantization_config``), and ``transformers`` ≥ 5 refuses
+    ``save_pretrained`` of it ("not serializable"). The marker is dropped for the save and put back
+    after, so the saved ``config.json`` describes a plain model in the parameters' dtype.
+    """
     directory = Path(directory)
-    model.save_pretrained(directory)  # type: ignore[operator]
+    config = getattr(model, "config", None)
+    saved = {"hf_quantizer": getattr(model, "hf_quantizer", None)}
+    markers = [k for k in ("quantization_config", "_is_quantized") if config is not None and k in vars(config)]
+    kept = {k: vars(config)[k] for k in markers}
+    try:
+        if saved["hf_quantizer"] is not None:
+            model.hf_quantizer = None
+        for k in markers:
+            delattr(config, k)
+        model.save_pretrained(directory)  # type: ignore[operator]
+    finally:
+        if saved["hf_quantizer"] is not None:
+            model.hf_quantizer = saved["hf_quantizer"]
+        for k, v in kept.items():
+            setattr(config, k, v)
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
     return directory
