@@ -183,7 +183,9 @@ def save_model(model: nn.Module, tokenizer: Any, directory: str | Path) -> Path:
     directory = Path(directory)
     config = getattr(model, "config", None)
     saved = {"hf_quantizer": getattr(model, "hf_quantizer", None)}
-    markers = [k for k in ("quantization_config", "_is_quantized") if config is not None and k in vars(config)]
+    markers = [
+        k for k in ("quantization_config", "_is_quantized") if config is not None and k in vars(config)
+    ]
     kept = {k: vars(config)[k] for k in markers}
     try:
         if saved["hf_quantizer"] is not None:
