@@ -232,5 +232,6 @@ def test_generation_memory_components(tiny: Path) -> None:
     # KV cache: 2 (k, v) × layers × rows × tokens × kv heads × head dim × 4 bytes
     assert mem["KV cache"] == 2 * 2 * 32 * 16 * 2 * 8 * 4
     assert mem["total (estimate)"] == sum(v for k, v in mem.items() if k != "total (estimate)")
-    adam = generation_memory(model, targets, 8, 1, 4, 10, 6, optimizer="adam")
-    assert adam["update: ES estimate"] == 3 * mem["update: ES estimate"]
+    adam = generation_memory(model, targets, 8, 1, 4, 10, 6, optimizer="adam", track_best=True)
+    assert adam["trainer: update-rule moments"] == 2 * mem["update: ES estimate"] == 2 * targets.numel * 4
+    assert mem["trainer: best member"] == 0 and adam["trainer: best member"] == targets.numel * 4

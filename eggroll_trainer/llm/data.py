@@ -65,7 +65,9 @@ def _rows(path: Path, split: str | None) -> list[dict[str, Any]] | list[str]:
         try:
             import datasets
         except ImportError:
-            raise ValueError(f"Invalid prompts: reading the folder {path} needs `pip install datasets`") from None
+            raise ValueError(
+                f"Invalid prompts: reading the folder {path} needs `pip install datasets`"
+            ) from None
         data = datasets.load_from_disk(str(path))
         if isinstance(data, datasets.DatasetDict):
             name = split or ("train" if "train" in data else next(iter(data)))

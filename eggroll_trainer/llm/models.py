@@ -63,7 +63,11 @@ def resolve_model(spec: str) -> tuple[str, str | None]:
 
 
 def load_causal_lm(
-    spec: str = SMOLLM2, *, allow_download: bool = False, dtype: torch.dtype = torch.float32
+    spec: str = SMOLLM2,
+    *,
+    allow_download: bool = False,
+    dtype: torch.dtype = torch.float32,
+    with_tokenizer: bool = True,
 ) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)`` in eval mode, the tokenizer padding on the left (for batched generation).
 
@@ -72,6 +76,7 @@ def load_causal_lm(
             ``config.json`` (``save_pretrained`` output) or with one ``.gguf``, or a hub id.
         allow_download: let ``transformers`` fetch a hub id that is not in the local cache.
         dtype: parameter dtype (GGUF weights are dequantised to it).
+        with_tokenizer: ``False`` loads no tokenizer (returned as ``None``): a folder need not hold one.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -79,8 +84,10 @@ def load_causal_lm(
     options: dict[str, Any] = {"local_files_only": not allow_download}
     if gguf is not None:
         options["gguf_file"] = gguf
-    tokenizer = AutoTokenizer.from_pretrained(name, **options)
     model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, **options)
+    if not with_tokenizer:
+        return model.eval(), None
+    tokenizer = AutoTokenizer.from_pretrained(name, **options)
     tokenizer.padding_side = "left"  # decoder-only: new tokens follow the last prompt token of every row
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
