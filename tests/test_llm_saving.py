@@ -43,3 +43,31 @@ def test_gguf_loaded_model_saves_as_plain_safetensors(tmp_path: Path) -> None:
     ids = tok(["The capital of France is"], return_tensors="pt")["input_ids"]
     with torch.no_grad():
         torch.testing.assert_close(again(ids).logits, model(ids).logits, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.smollm2
+def test_eggroll_tune_on_the_real_model_saves_what_info_and_from_pretrained_reload(tmp_path: Path) -> None:
+    """The documented run, shrunk: one generation of SmolLM2-135M, then the saved folder is reloaded."""
+    import subprocess
+    import sys
+
+    from transformers import AutoModelForCausalLM
+
+    from eggroll_trainer.llm.cli import main
+
+    (tmp_path / "prompts.txt").write_text("Say yes.\nSay no.\n")
+    out = tmp_path / "out"
+    code = main([
+        "tune", "smollm2", "--reward", "lambda text: float('yes' in text.lower())", "--prompts",
+        str(tmp_path / "prompts.txt"), "--generations", "1", "--population", "2", "--prompts-per-step", "1",
+        "--max-new-tokens", "2", "--target-modules", "q_proj", "--adapter-rank", "2", "--output", str(out), "--quiet",
+    ])  # fmt: skip
+    assert code == 0
+    assert json.loads((out / "summary.json").read_text())["generations"] == 1
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    again = AutoModelForCausalLM.from_pretrained(out / "model")
+    assert sum(p.numel() for p in again.parameters()) == 134_515_008
+    info = subprocess.run([sys.executable, "-m", "eggroll_trainer.llm.cli", "info", str(out / "model")],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert info.returncode == 0, info.stderr[-2000:]
+    assert "134,515,008 parameters" in info.stdout

@@ -45,7 +45,9 @@ def completions(tiny, sampler: PairedSampling | None, *, sigma: float, chunk_siz
 
 
 def test_mirrored_members_share_their_samples_and_pairs_differ(tiny) -> None:
-    texts = completions(tiny, PairedSampling(temperature=3.0, seed=7), sigma=1e-7)  # members ≈ θ: noise decides
+    texts = completions(
+        tiny, PairedSampling(temperature=3.0, seed=7), sigma=1e-7
+    )  # members ≈ θ: noise decides
     assert all(texts[2 * k] == texts[2 * k + 1] for k in range(4))
     assert len({tuple(texts[2 * k]) for k in range(4)}) == 4
     greedy = completions(tiny, None, sigma=1e-7)

@@ -200,6 +200,7 @@ class Tuner:
         """``summary.json`` and the curve first, then the model and adapter (which can fail)."""
         summary: dict[str, Any] = dict(
             model=self.model_name, generations=self.trainer.generation, interrupted=interrupted, wall_s=wall_s,
+            processes=distributed.world()[1],
             final_reward=self.metrics[-1]["mean_reward"] if self.metrics else None, perturbed=self.targets.names,
             trainer_memory=self.trainer.trainer_memory(), options=self.options,
         )  # fmt: skip
