@@ -192,3 +192,17 @@ def test_bad_input(tiny: Path, files: dict[str, Path], tmp_path: Path, capsys) -
     assert "no prompt column 'nope'" in capsys.readouterr().err
     assert main(["tune", "--resume", str(tmp_path / "nothing")]) == 2
     assert "holds no args.json" in capsys.readouterr().err
+
+
+def test_every_option_is_documented_and_help_has_examples(capsys) -> None:
+    from eggroll_trainer.llm.cli import build_parser
+
+    page = (Path(__file__).resolve().parent.parent / "docs" / "guide" / "cli.md").read_text()
+    sub = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    options = {
+        o for p in sub.values() for a in p._actions for o in a.option_strings if o not in ("-h", "--help")
+    }
+    assert sorted(o for o in options if f"`{o}`" not in page) == []
+    with pytest.raises(SystemExit):
+        main(["tune", "--help"])
+    assert "examples:" in capsys.readouterr().out

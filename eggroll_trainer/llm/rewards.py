@@ -105,8 +105,8 @@ class ModelReward:
 class CustomReward(ModelReward):
     """``reward_fn(model, inputs)``: a full fitness with model access (not a completion reward).
 
-    ``inputs`` holds ``prompts``, the data's fields, and the tokenized prompts ``input_ids`` /
-    ``attention_mask`` (b, T), left-padded, on the model's device. In population mode the model holds
+    ``inputs`` holds ``prompts``, the data's fields, the ``tokenizer`` and the tokenized prompts
+    ``input_ids`` / ``attention_mask`` (b, T), left-padded, on the model's device. In population mode the model holds
     K members: repeat the rows K times (``members_now()``), member-major, and return ``(K,)`` or
     ``(K, b)`` scores."""
 
@@ -120,7 +120,8 @@ class CustomReward(ModelReward):
         prompts, fields = self._batch()
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True)
         device = next(model.parameters()).device
-        inputs = {"prompts": prompts, **fields, **{k: v.to(device) for k, v in enc.items()}}
+        inputs = {"prompts": prompts, **fields, "tokenizer": self.tokenizer}
+        inputs.update({k: v.to(device) for k, v in enc.items()})
         return torch.as_tensor(self.reward_fn(model, inputs), dtype=torch.float64).cpu()
 
 
