@@ -204,8 +204,9 @@ class Tuner:
             final_reward=self.metrics[-1]["mean_reward"] if self.metrics else None, perturbed=self.targets.names,
             trainer_memory=self.trainer.trainer_memory(), options=self.options,
         )  # fmt: skip
-        if isinstance(self.fitness, RewardFitness) and self.fitness.seconds:
-            summary["tokens_per_s"] = self.fitness.new_tokens / self.fitness.seconds
+        seconds = getattr(self.fitness, "seconds", 0.0)
+        if seconds:
+            summary["tokens_per_s"] = getattr(self.fitness, "new_tokens", 0) / seconds
         if not self.writes:
             return summary
         self._path("summary.json").write_text(json.dumps(summary, indent=2, default=str))
