@@ -11,7 +11,7 @@ one EGGROLL step (rank-r members, every member answering every prompt; ``freeze_
 unperturbed model on held-out prompts; every ``save_every`` a checkpoint. Ctrl-C finishes restoring the weights,
 saves a checkpoint and returns (``interrupted``). The results (``summary.json``, metrics, curve) are written
 before the model, whose saving could fail. Under ``torchrun`` the population is sharded over the ranks (every
-rank holds the model); only rank 0 evaluates and writes.
+rank holds the model and computes the same held-out reward); only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -130,7 +130,8 @@ class Tuner:
     def step(self) -> dict[str, Any]:
         """One generation on the next prompts; returns (and logs) its metrics."""
         g = self.trainer.generation
-        self._set_batch(self.fitness, self.data.batch(batch_indices(len(self.data), self.options["prompts_per_step"], self.seed, g)))  # fmt: skip
+        rows = batch_indices(len(self.data), self.options["prompts_per_step"], self.seed, g)
+        self._set_batch(self.fitness, self.data.batch(rows))
         if self.sampler is not None:
             self.sampler.generation = g
         out = self.trainer.step()
