@@ -40,7 +40,7 @@ def main() -> None:
     args = parser.parse_args()
     common = ["--prompts", f"{R}/arithmetic.jsonl", "--generations", str(args.generations), "--population",
               str(args.population), "--prompts-per-step", "4", "--max-new-tokens", "6", "--sigma", "1e-3", "--lr",
-              "1e-4", "--adapter-rank", "0", "--threads", "2", "--quiet"]  # fmt: skip
+              "3e-7", "--adapter-rank", "0", "--threads", "2", "--quiet"]  # fmt: skip
     lines = [f"**`eggroll tune` reward kinds** — {machine(transformers=transformers.__version__)}", ""]
     for kind, flags in KINDS.items():
         with tempfile.TemporaryDirectory() as out:
@@ -54,7 +54,7 @@ def main() -> None:
             records = [json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines()]
         shown = ["eggroll " + shlex.join(argv).replace(out, "runs/x")]
         lines += [f"**{kind}** ({wall:.0f} s with loading)", "", "```console", "$ " + shown[0],
-                  done.stdout.strip().splitlines()[-1], "```", ""]  # fmt: skip
+                  done.stdout.strip().splitlines()[-1].replace(out, "runs/x"), "```", ""]  # fmt: skip
         header = ["generation", "mean reward", "best member", "held-out (greedy)"]
         rows = [(r["generation"], f"{r['mean_reward']:.4f}", f"{r['best_reward']:.4f}",
                  f"{r['eval_reward']:.4f}" if "eval_reward" in r else "") for r in records]  # fmt: skip

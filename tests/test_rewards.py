@@ -160,3 +160,21 @@ def _mean_logit(model, inputs):
         input_ids=inputs["input_ids"].repeat(k, 1), attention_mask=inputs["attention_mask"].repeat(k, 1)
     )
     return out.logits[:, -1].mean(dim=-1).view(k, -1)  # (K, b)
+
+
+def test_es_sft_on_perplexity_raises_the_likelihood_of_the_answers(tiny) -> None:
+    """ES supervised fine-tuning: a Tuner on PerplexityReward (one prefill, no generation) learns."""
+    import copy
+
+    from eggroll_trainer.llm import Tuner
+
+    model, tok = copy.deepcopy(tiny[0]), tiny[1]  # trained here: the module's fixture stays as built
+    data = [{"prompt": f"{a}+{b}=", "answer": str(a + b)} for a, b in [(1, 2), (3, 4), (5, 6), (7, 8)]]
+    sigma = 0.02
+    tuner = Tuner(model, tok, PerplexityReward("answer"), data, population=16, sigma=sigma, lr=0.1 * sigma * sigma * 4,
+                  prompts_per_step=4, seed=0)  # fmt: skip  # lr: each weight moves ~0.1σ a step
+    before = tuner.evaluate(data)
+    for _ in range(20):
+        tuner.step()
+    after = tuner.evaluate(data)
+    assert after > before + 0.05, (before, after)
