@@ -284,14 +284,6 @@ def main() -> None:
         perturbed_matrices=len(targets.names), perturbed_params=targets.numel, torch_threads=torch.get_num_threads(),
         args=dataclasses.asdict(args),
     )  # fmt: skip
-    if args.save_model:
-        from eggroll_trainer.llm.lora import export_lora
-
-        save_model(model, tokenizer, out / "model")
-        errors = export_lora(
-            model, base, out / "adapter", args.adapter_rank, base_model_name_or_path=args.model
-        )
-        summary["adapter_max_relative_error"] = max(errors.values(), default=0.0)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "samples.json").write_text(
         json.dumps(dict(before=samples_before[:16], after=samples_after[:16]), indent=1)
@@ -305,6 +297,15 @@ def main() -> None:
         out / "learning_curve.png",
         f"{args.model}: 2-digit addition, N={args.population}, P={args.prompts_per_step}",
     )
+    if args.save_model:  # after the results: saving is what could still fail
+        from eggroll_trainer.llm.lora import export_lora
+
+        save_model(model, tokenizer, out / "model")
+        errors = export_lora(
+            model, base, out / "adapter", args.adapter_rank, base_model_name_or_path=args.model
+        )
+        summary["adapter_max_relative_error"] = max(errors.values(), default=0.0)
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"tokens/s (population generate): {summary['tokens_per_s']:.0f}; peak RSS {summary['peak_rss_mb']:.0f} MB; "
           f"results in {out}")  # fmt: skip
 

