@@ -7,7 +7,7 @@ import torch
 from conftest import TwoLayer, linear_member_noise
 
 from eggroll_trainer import current_population
-from eggroll_trainer.population import Perturbed, products
+from eggroll_trainer.population import Perturbed, product_variants
 from eggroll_trainer.trainers.evaluation import evaluate_batched, evaluate_sequential
 
 
@@ -63,6 +63,6 @@ def test_shared_rows_equal_member_by_member(rows, rank):
 
 
 def test_members_bias_too_large_to_keep_is_rebuilt_per_forward(monkeypatch):
-    monkeypatch.setattr(products, "_MEMBER_BIAS_VALUES", 0)
+    monkeypatch.setattr(product_variants, "MEMBER_BIAS_VALUES", 0)
     batched, sequential = scores(TwoLayer(), 1, 1, True, False, forwards=2)
     torch.testing.assert_close(batched, sequential, rtol=1e-5, atol=1e-5)

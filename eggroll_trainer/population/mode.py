@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from ..noise.params import ParamNoise, member_pairs
+from .cache import CallCache
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,7 @@ class population_mode(TorchFunctionMode):
         self.slice = MemberSlice(start, count, antithetic, device)
         self.rows_per_member: int | None = None  # b, from the model's input (or the first batched call)
         self.seen: set[int] = set()
-        self.plans: dict[Any, Any] = {}  # per context: RL calls the same layer every environment step
+        self.cache = CallCache()  # per context: RL calls the same layer every environment step
         self.derived: dict[
             int, tuple[Tensor, int, Any]
         ] = {}  # id(view of a parameter) -> (view, id(param), fn)
