@@ -7,7 +7,7 @@ import torch
 from conftest import TwoLayer, linear_member_noise
 
 from eggroll_trainer import current_population
-from eggroll_trainer.population import Perturbed, product_variants
+from eggroll_trainer.population import Perturbed, product_variants, products
 from eggroll_trainer.trainers.evaluation import evaluate_batched, evaluate_sequential
 
 
@@ -65,4 +65,14 @@ def test_shared_rows_equal_member_by_member(rows, rank):
 def test_members_bias_too_large_to_keep_is_rebuilt_per_forward(monkeypatch):
     monkeypatch.setattr(product_variants, "MEMBER_BIAS_VALUES", 0)
     batched, sequential = scores(TwoLayer(), 1, 1, True, False, forwards=2)
+    torch.testing.assert_close(batched, sequential, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [1, 8])
+@pytest.mark.parametrize("shared", [False, True], ids=["member-major", "shared"])
+@pytest.mark.parametrize("antithetic", [True, False], ids=["mirrored", "one-sided"])
+def test_the_reference_product_equals_member_by_member(monkeypatch, rows, shared, antithetic):
+    """What the CPU variants are checked against (``test_product_variants``) is itself right."""
+    monkeypatch.setattr(products, "choose_variant", lambda *args, **kwargs: product_variants.REFERENCE)
+    batched, sequential = scores(TwoLayer(), rows, 2, antithetic, False, forwards=2, shared=shared)
     torch.testing.assert_close(batched, sequential, rtol=1e-5, atol=1e-5)
