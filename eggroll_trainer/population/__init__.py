@@ -25,6 +25,12 @@ Fitness functions ask :func:`current_population` how many members the current fo
 the population when the trainer evaluates in chunks).
 """
 
-from .mode import MemberSlice, Perturbed, PopulationInfo, _announce, current_population, population_mode
+from .current import PopulationInfo, announce, current_population
+from .dispatch import dispatch
+from .mode import MemberSlice, Perturbed, population_mode
 
-__all__ = ["MemberSlice", "Perturbed", "PopulationInfo", "current_population", "population_mode", "_announce"]
+population_mode.route = staticmethod(
+    dispatch
+)  # here, not in mode: the handlers dispatch routes to import mode
+
+__all__ = ["MemberSlice", "Perturbed", "PopulationInfo", "announce", "current_population", "population_mode"]

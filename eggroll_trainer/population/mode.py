@@ -5,10 +5,8 @@ See the package docstring for the batch convention and what each call computes."
 from __future__ import annotations
 
 import functools
-import threading
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,37 +16,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..noise.params import ParamNoise, member_pairs
 from .cache import CallCache
-
-
-@dataclass(frozen=True)
-class PopulationInfo:
-    """The members one population-mode call evaluates: ``start .. start+size-1`` of ``total``."""
-
-    size: int
-    start: int
-    total: int
-
-
-_local = threading.local()
-
-
-def current_population() -> PopulationInfo | None:
-    """The members being evaluated right now, or ``None`` outside a population-mode evaluation.
-
-    A batched fitness function uses it to shape its batch: ``x.expand(info.size, *x.shape)`` for shared data
-    (b = 1), or ``input_ids.repeat(info.size, 1)`` for b prompts per member (K·b rows, member-major)."""
-    stack = getattr(_local, "populations", [])
-    return stack[-1] if stack else None
-
-
-@contextmanager
-def _announce(info: PopulationInfo) -> Iterator[None]:
-    stack = _local.__dict__.setdefault("populations", [])
-    stack.append(info)
-    try:
-        yield
-    finally:
-        stack.pop()
+from .current import PopulationInfo, announce
 
 
 @dataclass
@@ -120,6 +88,10 @@ class population_mode(TorchFunctionMode):
         batch_dim: the activations' batch dimension (0: batch-first; 1: sequence-first).
     """
 
+    #: Where a torch call on a perturbed parameter goes: ``dispatch.dispatch``, installed by the package's
+    #: ``__init__`` (the handlers it routes to read this module, so this module does not import them).
+    route: Callable[[population_mode, Any, tuple, dict], Any]
+
     def __init__(
         self,
         model: nn.Module,
@@ -150,13 +122,10 @@ class population_mode(TorchFunctionMode):
             int, tuple[Tensor, int, Any]
         ] = {}  # id(view of a parameter) -> (view, id(param), fn)
         self._hook: Any = None
-        self._announce = _announce(self.info)
+        self._announce = announce(self.info)
 
     # ----------------------------------------------------------------------------------- context
     def __enter__(self) -> population_mode:
-        from .dispatch import dispatch  # the handlers import this module
-
-        self._dispatch = dispatch
         self._hook = self.model.register_forward_pre_hook(self._root_input, with_kwargs=True)
         try:
             self._announce.__enter__()
@@ -212,7 +181,7 @@ class population_mode(TorchFunctionMode):
         )
         if not hit:
             return func(*args, **kwargs)
-        return self._dispatch(self, func, args, kwargs)
+        return self.route(self, func, args, kwargs)
 
     # ------------------------------------------------------------------------------- batch rows
     def rows_of(self, x: Tensor, what: str) -> int | None:
