@@ -57,7 +57,7 @@ REFERENCE = Variant()
 
 #: Rows per member from which the bias noise is fused into the rank-r product (``fused_bias``).
 FUSE_BIAS_ROWS = 8
-#: Rows per member from which x_i B takes the transposed orientation (``transposed_xb``).
+#: Rows per group (S mirrors × rows per member) from which x B takes the transposed orientation.
 TRANSPOSED_XB_ROWS = 8
 #: The largest members' bias (G·S·out values) a call keeps between forwards (``keep_member_bias``): 16 MB
 #: in float32; a larger one (a wide layer of a large population) is built by every forward instead.
