@@ -29,8 +29,7 @@ from .current import PopulationInfo, announce, current_population
 from .dispatch import dispatch
 from .mode import MemberSlice, Perturbed, population_mode
 
-population_mode.route = staticmethod(
-    dispatch
-)  # here, not in mode: the handlers dispatch routes to import mode
+# The router is installed here, not imported by mode: the handlers it routes to import mode.
+population_mode.route = staticmethod(dispatch)
 
 __all__ = ["MemberSlice", "Perturbed", "PopulationInfo", "announce", "current_population", "population_mode"]
