@@ -71,7 +71,7 @@ def inputs(shape: Shape) -> tuple:
 
 def measure(shape: Shape, reps: int) -> dict:
     x, weight, bias, noise, shared_rows = inputs(shape)
-    chosen = choose_variant(noise, x.device, shared=shape.shared, rows=shape.rows)
+    chosen = choose_variant(noise, cpu=x.is_cpu, shared=shape.shared, rows=shape.rows)
     on = [f.name for f in dataclasses.fields(chosen) if getattr(chosen, f.name)]
     variants = {"chosen": chosen} | {f"without {s}": dataclasses.replace(chosen, **{s: False}) for s in on}
 

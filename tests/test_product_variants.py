@@ -94,8 +94,8 @@ def layout(rank=1, groups=3, mirrors=2, out=5, bias_noise=True):
 
 
 def test_the_rule_takes_the_reference_off_the_cpu_and_for_full_rank_noise():
-    assert choose_variant(layout(), torch.device("cuda"), shared=False, rows=1) == REFERENCE
-    assert choose_variant(layout(rank=0), torch.device("cpu"), shared=False, rows=32) == REFERENCE
+    assert choose_variant(layout(), cpu=False, shared=False, rows=1) == REFERENCE
+    assert choose_variant(layout(rank=0), cpu=True, shared=False, rows=32) == REFERENCE
 
 
 @pytest.mark.parametrize(
@@ -112,10 +112,10 @@ def test_the_rule_takes_the_reference_off_the_cpu_and_for_full_rank_noise():
 )  # fmt: skip
 def test_the_rule_on_a_cpu_by_rows_per_member(rows, shared, expected):
     # mirrored pairs (S = 2): a group holds 2·rows rows, so x B turns around from 4 rows per member on
-    assert choose_variant(layout(), torch.device("cpu"), shared=shared, rows=rows) == expected
+    assert choose_variant(layout(), cpu=True, shared=shared, rows=rows) == expected
 
 
 def test_the_rule_keeps_no_members_bias_too_large_and_batches_rank_above_one():
     wide = layout(rank=2, groups=1, mirrors=1, out=MEMBER_BIAS_VALUES + 1)
-    variant = choose_variant(wide, torch.device("cpu"), shared=False, rows=1)
+    variant = choose_variant(wide, cpu=True, shared=False, rows=1)
     assert not variant.keep_member_bias and not variant.rank1_outer

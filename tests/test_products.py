@@ -2,6 +2,8 @@
 member i exactly F.linear(x_i, W + σ s_i E_i, b + σ_b s_i β_i), and later forwards in the same call (an
 RL rollout's next steps) give bit for bit the same again."""
 
+import dataclasses
+
 import pytest
 import torch
 from conftest import TwoLayer, linear_member_noise
@@ -63,7 +65,9 @@ def test_shared_rows_equal_member_by_member(rows, rank):
 
 
 def test_members_bias_too_large_to_keep_is_rebuilt_per_forward(monkeypatch):
-    monkeypatch.setattr(product_variants, "MEMBER_BIAS_VALUES", 0)
+    chosen = products.choose_variant
+    unkept = lambda *args, **kwargs: dataclasses.replace(chosen(*args, **kwargs), keep_member_bias=False)  # noqa: E731
+    monkeypatch.setattr(products, "choose_variant", unkept)
     batched, sequential = scores(TwoLayer(), 1, 1, True, False, forwards=2)
     torch.testing.assert_close(batched, sequential, rtol=1e-5, atol=1e-5)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -34,6 +33,16 @@ class ProductNoise:
     sigma_b: float = 0.0
 
     @functools.cached_property
+    def rank(self) -> int:
+        """r of the low-rank weight noise (0: none)."""
+        return 0 if self.a_t is None else self.a_t.shape[1]
+
+    @functools.cached_property
+    def member_bias_values(self) -> int:
+        """G·S·out: the values of the members' biases b + σ_b s_i β (0 without weight noise)."""
+        return 0 if self.a_t is None else self.groups * self.mirrors * self.a_t.shape[-1]
+
+    @functools.cached_property
     def stacked(self) -> Tensor:
         """[Aᵀ ; β]: (G, r + 1, out), the right factor of the fused bias product (built on first use)."""
         return torch.cat([self.a_t, self.beta], dim=1)
@@ -52,12 +61,9 @@ class MemberBiases:
     kept: Tensor | None = None
 
 
-class ProductKey(NamedTuple):
-    """A product of a call: ``x Wᵀ + b`` (``right=False``) or ``x W + b`` (``right=True``)."""
-
-    weight: int  # id(W)
-    bias: int | None  # id(b)
-    right: bool
+#: A product of a call: (id(W), id(b) or None, right) for ``x Wᵀ + b`` (``right=False``) or ``x W + b``
+#: (a plain tuple: it is built for every product of every forward).
+ProductKey = tuple[int, "int | None", bool]
 
 
 @dataclass

@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import Tensor
 
-from .cache import ProductKey, ProductNoise
+from .cache import MemberBiases, ProductKey, ProductNoise
 from .mode import population_mode
 
 
@@ -70,13 +70,16 @@ def is_activation(mode: population_mode, t: Any) -> bool:
     )
 
 
-def product_noise(mode: population_mode, weight: Tensor, bias: Tensor | None, right: bool) -> ProductNoise:
-    """The (cached) noise of ``x Wᵀ + b`` (``right=False``) or ``x W + b`` (``right=True``) for this call:
-    strided views of the noise table for a regular slice, small indexed copies otherwise."""
-    key = ProductKey(id(weight), None if bias is None else id(bias), right)
+def product_noise(
+    mode: population_mode, key: ProductKey, weight: Tensor, bias: Tensor | None, right: bool
+) -> ProductNoise:
+    """The (cached) noise of product ``key``, ``x Wᵀ + b`` or (``right``) ``x W + b``, for this call:
+    strided views of the noise table for a regular slice, small indexed copies otherwise. The first call also
+    opens the product's ``MemberBiases`` in the call's cache."""
     products = mode.cache.products
     if key not in products:
         products[key] = _product_noise(mode, weight, bias, right)
+        mode.cache.member_biases[key] = MemberBiases()
     return products[key]
 
 

@@ -7,6 +7,7 @@ every combination, by hypothesis, against it). :func:`choose_variant` is the onl
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -64,7 +65,7 @@ TRANSPOSED_XB_ROWS = 8
 MEMBER_BIAS_VALUES = 1 << 22
 
 
-def choose_variant(noise: ProductNoise, device: torch.device, *, shared: bool, rows: int) -> Variant:
+def choose_variant(noise: ProductNoise, *, cpu: bool, shared: bool, rows: int) -> Variant:
     """The rule: which variant computes a product of this call.
 
     The reference off the CPU (not measured here: the formulation a GPU batches well), and for full-rank
@@ -77,20 +78,29 @@ def choose_variant(noise: ProductNoise, device: torch.device, *, shared: bool, r
 
     Args:
         noise: the product's noise for this call (rank, bias noise, layout).
-        device: where the product runs.
+        cpu: the product runs on a CPU (``x.is_cpu``).
         shared: every member sees the same block of rows.
         rows: rows per member (tokens of a sequence included).
     """
-    if device.type != "cpu" or noise.a_t is None:
+    if not cpu or noise.a_t is None:
         return REFERENCE
-    r, out = noise.a_t.shape[1:]
+    return _cpu_variant(
+        shared, rows, noise.mirrors, noise.rank, noise.beta is not None, noise.member_bias_values
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _cpu_variant(
+    shared: bool, rows: int, mirrors: int, rank: int, bias_noise: bool, members_bias: int
+) -> Variant:
+    """``choose_variant`` on a CPU, cached (every layer of every forward asks)."""
     return Variant(
         noise_first=not shared,
-        transposed_xb=noise.mirrors * rows >= TRANSPOSED_XB_ROWS,
-        keep_member_bias=noise.groups * noise.mirrors * out <= MEMBER_BIAS_VALUES,
+        transposed_xb=mirrors * rows >= TRANSPOSED_XB_ROWS,
+        keep_member_bias=members_bias <= MEMBER_BIAS_VALUES,
         shared_gemm=shared,
-        fused_bias=noise.beta is not None and rows >= FUSE_BIAS_ROWS,
-        rank1_outer=r == 1,
+        fused_bias=bias_noise and rows >= FUSE_BIAS_ROWS,
+        rank1_outer=rank == 1,
     )
 
 

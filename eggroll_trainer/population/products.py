@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .cache import MemberBiases, ProductKey
+from .cache import ProductKey
 from .fallback import vmap_fallback
 from .members import is_activation, is_member_valued, product_noise
 from .mode import population_mode
@@ -46,11 +46,12 @@ def product(
     per = mode.rows_of(x, what)
     shared = per is None or x.stride(0) == 0  # one block of rows serves every member: no copy of x
     shared_rows = (mode.shared_rows() if per is None else x.shape[0]) if shared else None
-    noise = product_noise(mode, weight, bias, right)
-    rows = (shared_rows or x.shape[0]) * math.prod(x.shape[1:-1]) // mode.info.size  # per member
-    variant = choose_variant(noise, x.device, shared=shared, rows=rows)
-    key = ProductKey(id(weight), None if bias is None else id(bias), right)
-    biases = mode.cache.member_biases.setdefault(key, MemberBiases())
+    key: ProductKey = (id(weight), None if bias is None else id(bias), right)
+    noise = product_noise(mode, key, weight, bias, right)
+    batch = shared_rows or x.shape[0]
+    rows = (batch if x.dim() == 2 else batch * math.prod(x.shape[1:-1])) // mode.info.size  # per member
+    variant = choose_variant(noise, cpu=x.is_cpu, shared=shared, rows=rows)
+    biases = mode.cache.member_biases[key]
     return variant_product(variant, x, weight, bias, noise, right, shared_rows, biases)
 
 
