@@ -71,8 +71,7 @@ class CallCache:
     """Per call, keyed by parameter identity (a tied parameter is one entry)."""
 
     deltas: dict[int, Tensor] = field(default_factory=dict)  # σ s_i E_i, (K, *shape)
-    factors: dict[int, tuple[Tensor, Tensor]] = field(
-        default_factory=dict
-    )  # Aᵀ (K, r, m) scaled, Bᵀ (K, r, n)
+    # Aᵀ (K, r, m) scaled by σ s_i/√r, Bᵀ (K, r, n)
+    factors: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)
     products: dict[ProductKey, ProductNoise] = field(default_factory=dict)
     member_biases: dict[ProductKey, MemberBiases] = field(default_factory=dict)
