@@ -132,8 +132,8 @@ def member_correlation(
     """Mean and max |corr| between the rank-1 perturbations of ``sample`` consecutive pairs of one
     parameter (neighbours share the most values when windows overlap), and the window stride."""
     noise = ParamNoise(table, NoiseSpec(torch.Size(shape), rank=1), hash_key(0, 1, 0), pairs)
-    a, b = noise.factors(0, sample)  # (S, m, 1), (S, n, 1)
-    e = (a @ b.transpose(1, 2)).reshape(sample, -1)
+    a_t, b_t = noise.factors_t(0, sample)  # (S, 1, m), (S, 1, n)
+    e = (a_t.transpose(1, 2) @ b_t).reshape(sample, -1)
     e = e / e.norm(dim=1, keepdim=True)
     corr = (e @ e.T).abs()
     off = corr[~torch.eye(sample, dtype=torch.bool)]
@@ -231,7 +231,9 @@ def _table_views(size: int, widths: tuple[int, ...], rank: int, pairs: int) -> N
     """What a generation pays for its noise with the table: one view per factor (cached table)."""
     table = noise_table(0, size, torch.device("cpu"), torch.float32)
     for j, (n, m) in enumerate(zip(widths[:-1], widths[1:])):
-        ParamNoise(table, NoiseSpec(torch.Size((m, n)), rank), hash_key(0, 2 * j, 0), pairs).factors(0, pairs)
+        ParamNoise(table, NoiseSpec(torch.Size((m, n)), rank), hash_key(0, 2 * j, 0), pairs).factors_t(
+            0, pairs
+        )
         ParamNoise(table, NoiseSpec(torch.Size((m,)), None), hash_key(0, 2 * j + 1, 0), pairs).full(0, pairs)
 
 

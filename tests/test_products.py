@@ -2,12 +2,14 @@
 member i exactly F.linear(x_i, W + σ s_i E_i, b + σ_b s_i β_i), and later forwards in the same call (an
 RL rollout's next steps) give bit for bit the same again."""
 
+import dataclasses
+
 import pytest
 import torch
 from conftest import TwoLayer, linear_member_noise
 
 from eggroll_trainer import current_population
-from eggroll_trainer.population import Perturbed, products
+from eggroll_trainer.population import Perturbed, product_variants, products
 from eggroll_trainer.trainers.evaluation import evaluate_batched, evaluate_sequential
 
 
@@ -63,6 +65,18 @@ def test_shared_rows_equal_member_by_member(rows, rank):
 
 
 def test_members_bias_too_large_to_keep_is_rebuilt_per_forward(monkeypatch):
-    monkeypatch.setattr(products, "_MEMBER_BIAS_VALUES", 0)
+    chosen = products.choose_variant
+    unkept = lambda *args, **kwargs: dataclasses.replace(chosen(*args, **kwargs), keep_member_bias=False)  # noqa: E731
+    monkeypatch.setattr(products, "choose_variant", unkept)
     batched, sequential = scores(TwoLayer(), 1, 1, True, False, forwards=2)
+    torch.testing.assert_close(batched, sequential, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [1, 8])
+@pytest.mark.parametrize("shared", [False, True], ids=["member-major", "shared"])
+@pytest.mark.parametrize("antithetic", [True, False], ids=["mirrored", "one-sided"])
+def test_the_reference_product_equals_member_by_member(monkeypatch, rows, shared, antithetic):
+    """What the CPU variants are checked against (``test_product_variants``) is itself right."""
+    monkeypatch.setattr(products, "choose_variant", lambda *args, **kwargs: product_variants.REFERENCE)
+    batched, sequential = scores(TwoLayer(), rows, 2, antithetic, False, forwards=2, shared=shared)
     torch.testing.assert_close(batched, sequential, rtol=1e-5, atol=1e-5)

@@ -146,12 +146,6 @@ class ParamNoise:
         strides.append(1)
         return self.table.as_strided((count, *shape), strides, self.base + first * self.stride + offset)
 
-    def factors(self, first: int = 0, count: int = 1) -> tuple[Tensor, Tensor]:
-        """Low-rank factors of pairs ``first .. first+count-1``: A (count, m, r), B (count, n, r) — views
-        (column-major: ``a.transpose(1, 2)`` and ``b.transpose(1, 2)`` have contiguous rows)."""
-        a_t, b_t = self.factors_t(first, count)
-        return a_t.transpose(1, 2), b_t.transpose(1, 2)
-
     def factors_t(self, first: int = 0, count: int = 1) -> tuple[Tensor, Tensor]:
         """The transposed factors as stored: Aᵀ (count, r, m), Bᵀ (count, r, n) — views; for an expert stack
         Aᵀ (count, E, r, m), Bᵀ (count, E, r, n)."""

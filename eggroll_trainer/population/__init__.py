@@ -25,6 +25,13 @@ Fitness functions ask :func:`current_population` how many members the current fo
 the population when the trainer evaluates in chunks).
 """
 
-from .mode import MemberSlice, Perturbed, PopulationInfo, _announce, current_population, population_mode
+from .current import PopulationInfo, announce, current_population
+from .dispatch import dispatch
+from .experts import watch_routing
+from .mode import MemberSlice, Perturbed, population_mode
 
-__all__ = ["MemberSlice", "Perturbed", "PopulationInfo", "current_population", "population_mode", "_announce"]
+# The router and the expert-routing hooks are installed here, not imported by mode: both import mode.
+population_mode.route = staticmethod(dispatch)
+population_mode.watch_routing = staticmethod(watch_routing)
+
+__all__ = ["MemberSlice", "Perturbed", "PopulationInfo", "announce", "current_population", "population_mode"]

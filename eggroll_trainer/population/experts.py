@@ -69,7 +69,7 @@ def watch_routing(mode: population_mode) -> list[Any]:
         if not stacks:
             continue
         for pid in stacks:
-            mode.plans[("expert stack", pid)] = True
+            mode.cache.expert_stacks.add(pid)
 
         def record(module: Any, args: tuple, kwargs: dict, stacks: list[int] = stacks) -> None:
             values = list(args) + [kwargs.get(key) for key in ("hidden_states", "top_k_index")]
@@ -77,7 +77,7 @@ def watch_routing(mode: population_mode) -> list[Any]:
             if len(tensors) >= 2 and not tensors[1].is_floating_point():
                 routing = Routing(tensors[0], tensors[1])
                 for pid in stacks:
-                    mode.plans[("routing", pid)] = routing
+                    mode.cache.routings[pid] = routing
 
         handles.append(module.register_forward_pre_hook(record, with_kwargs=True))
     return handles
@@ -86,13 +86,13 @@ def watch_routing(mode: population_mode) -> list[Any]:
 def _stack_of(mode: population_mode, weight: Tensor) -> tuple[Tensor, bool] | None:
     """(P, transposed): the perturbed expert stack ``weight`` is (``P`` itself, or its ``transpose(-2, -1)``
     view — recognised by storage and strides), or ``None``."""
-    if ("expert stack", id(weight)) in mode.plans:
+    if id(weight) in mode.cache.expert_stacks:
         return weight, False
     record = mode.derived.get(id(weight))
     if record is None or len(record[1]) != 1:
         return None
     stack = record[1][0]
-    if ("expert stack", id(stack)) not in mode.plans or weight.dim() != 3:
+    if id(stack) not in mode.cache.expert_stacks or weight.dim() != 3:
         return None
     transposed = (
         weight.data_ptr() == stack.data_ptr()
@@ -137,7 +137,7 @@ def grouped_mm(mode: population_mode, func: Any, args: tuple, kwargs: dict) -> T
     if found is None or offs is None or extra or x.dim() != 2:
         return None
     stack, transposed = found
-    routing = mode.plans.get(("routing", id(stack)))
+    routing = mode.cache.routings.get(id(stack))
     what = f"population mode: grouped_mm on the expert weights {mode.name(stack)}"
     if routing is None:
         raise ValueError(f"{what} outside the forward of the module that holds them: no routing to read")
@@ -171,7 +171,7 @@ def expert_bmm(mode: population_mode, args: tuple, kwargs: dict) -> Tensor | Non
         if recipe is None or recipe[0] is not Tensor.__getitem__ or recipe[2] or len(recipe[1]) != 2:
             continue
         stack, ids = recipe[1]
-        if ("expert stack", id(stack)) not in mode.plans or not isinstance(ids, Tensor) or ids.dim() != 1:
+        if id(stack) not in mode.cache.expert_stacks or not isinstance(ids, Tensor) or ids.dim() != 1:
             continue
         x = args[1 - w_pos]
         s, k = x.shape[0], mode.info.size
@@ -194,7 +194,7 @@ def refuse_one_expert(mode: population_mode, args: tuple, kwargs: dict) -> None:
             continue
         stack, index = recipe[1][0], recipe[1][1] if len(recipe[1]) > 1 else None
         one = isinstance(index, int) or (isinstance(index, Tensor) and index.dim() == 0)
-        if ("routing", id(stack)) in mode.plans and one:  # its module was called with a routing
+        if id(stack) in mode.cache.routings and one:  # its module was called with a routing
             raise ValueError(
                 f"population mode: one expert of {mode.name(stack)} is used on rows gathered by the routing (the "
                 "'eager' experts loop), so the rows' members are unknown; set "

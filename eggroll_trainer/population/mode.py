@@ -5,10 +5,8 @@ See the package docstring for the batch convention and what each call computes."
 from __future__ import annotations
 
 import functools
-import threading
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,37 +15,8 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from ..noise.params import ParamNoise, member_pairs
-
-
-@dataclass(frozen=True)
-class PopulationInfo:
-    """The members one population-mode call evaluates: ``start .. start+size-1`` of ``total``."""
-
-    size: int
-    start: int
-    total: int
-
-
-_local = threading.local()
-
-
-def current_population() -> PopulationInfo | None:
-    """The members being evaluated right now, or ``None`` outside a population-mode evaluation.
-
-    A batched fitness function uses it to shape its batch: ``x.expand(info.size, *x.shape)`` for shared data
-    (b = 1), or ``input_ids.repeat(info.size, 1)`` for b prompts per member (K·b rows, member-major)."""
-    stack = getattr(_local, "populations", [])
-    return stack[-1] if stack else None
-
-
-@contextmanager
-def _announce(info: PopulationInfo) -> Iterator[None]:
-    stack = _local.__dict__.setdefault("populations", [])
-    stack.append(info)
-    try:
-        yield
-    finally:
-        stack.pop()
+from .cache import CallCache
+from .current import PopulationInfo, announce
 
 
 @dataclass
@@ -119,6 +88,12 @@ class population_mode(TorchFunctionMode):
         batch_dim: the activations' batch dimension (0: batch-first; 1: sequence-first).
     """
 
+    #: Where a torch call on a perturbed parameter goes: ``dispatch.dispatch``, installed by the package's
+    #: ``__init__`` (the handlers it routes to read this module, so this module does not import them).
+    route: Callable[[population_mode, Any, tuple, dict], Any]
+    #: Forward pre-hooks that record expert routing (``experts.watch_routing``), installed the same way.
+    watch_routing: Callable[[population_mode], list[Any]]
+
     def __init__(
         self,
         model: nn.Module,
@@ -144,20 +119,16 @@ class population_mode(TorchFunctionMode):
         self.slice = MemberSlice(start, count, antithetic, device)
         self.rows_per_member: int | None = None  # b, from the model's input (or the first batched call)
         self.seen: set[int] = set()
-        self.plans: dict[Any, Any] = {}  # per context: RL calls the same layer every environment step
+        self.cache = CallCache()  # per context: RL calls the same layer every environment step
         # id(tensor computed from perturbed parameters) -> (weakref to it, its perturbed sources, fn, recipe)
         self.derived: dict[int, tuple[Any, tuple[Tensor, ...], Any, Any]] = {}
         self._hook: Any = None
-        self._announce = _announce(self.info)
+        self._announce = announce(self.info)
 
     # ----------------------------------------------------------------------------------- context
     def __enter__(self) -> population_mode:
-        from .dispatch import dispatch  # the handlers import this module
-        from .experts import watch_routing
-
-        self._dispatch = dispatch
         self._hook = self.model.register_forward_pre_hook(self._root_input, with_kwargs=True)
-        self._routing_hooks = watch_routing(self)  # expert stacks: which member owns a sorted row
+        self._routing_hooks = self.watch_routing(self)  # expert stacks: which member owns a sorted row
         try:
             self._announce.__enter__()
             super().__enter__()
@@ -216,7 +187,7 @@ class population_mode(TorchFunctionMode):
         )
         if not hit:
             return func(*args, **kwargs)
-        return self._dispatch(self, func, args, kwargs)
+        return self.route(self, func, args, kwargs)
 
     # ------------------------------------------------------------------------------- batch rows
     def rows_of(self, x: Tensor, what: str) -> int | None:

@@ -1,8 +1,9 @@
 """`ESTrainer`: Evolution Strategies as a ``torch.optim.Optimizer``.
 
 Read as ``torch/optim/sgd.py``: hyperparameters validated, kept in ``param_groups``; the subclass hooks; ``step``.
-The lasting state and checkpoint are ``optimizer.ESOptimizer``'s; a generation is computed by ``generation``
-(keyed noise) or ``flat`` (0.1.0 hooks), then written all at once by the update rule (``update_rules``).
+The lasting state and checkpoint are ``state.ESOptimizer``'s; a generation is computed by ``generation``
+(keyed noise) or by ``compat`` (eggroll-trainer 0.1.0's flat-vector hooks, ``FlatVectorHooks``), then written
+all at once by the update rule (``updates.rules``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from ..noise.perturbations import generation_noise, table_size, with_padding_row
 from ..shaping import ShapingFn, resolve_shaping
 from ..updates.rules import Rule, rule_defaults, step_rules
 from ..validation import check, check_arguments, resolve_lr
-from .compat import dense_perturbations, es_update, flat_generation
+from .compat import FlatVectorHooks, flat_generation
 from .evaluation import FitnessFn, scorer
 from .generation import GenerationSettings, keyed_generation
 from .interrupts import defer_keyboard_interrupt
@@ -27,7 +28,7 @@ from .state import ESOptimizer
 __all__ = ["ESTrainer", "FitnessFn"]
 
 
-class ESTrainer(ESOptimizer):
+class ESTrainer(FlatVectorHooks, ESOptimizer):
     r"""Evolution Strategies as a PyTorch optimizer.
 
     Each generation (one [`step`][eggroll_trainer.ESTrainer.step]) evaluates `N = population_size` members
@@ -165,7 +166,6 @@ class ESTrainer(ESOptimizer):
         self.chunk_size = chunk_size
         self.batch_dim = batch_dim
         params_list = self._all_params()
-        self.device = torch.device(device) if device is not None else params_list[0].device
         if self._uses_flat_hooks():
             check(
                 not batched,
@@ -187,28 +187,6 @@ class ESTrainer(ESOptimizer):
             ``eggroll_trainer.noise.NoiseSpec``.
         """
         return NoiseSpec(param.shape, rank=None)
-
-    def sample_perturbations(self, population_size: int) -> Tensor:
-        """Flat-vector hook (eggroll-trainer 0.1.0 API): ``(N, D)`` unit perturbations.
-
-        Override it (and/or [`compute_update`][eggroll_trainer.ESTrainer.compute_update]) to write a custom
-        ES on flat vectors: member i is then evaluated at ``current_params + σ · perturbations[i]`` and
-        ``compute_update`` returns the ascent direction added as ``lr · update``. The default materialises
-        the keyed noise of this generation (O(N·D): for inspection, not for training).
-        """
-        noises = self._generation_noise(self.generation)
-        return dense_perturbations(self._all_params(), noises, population_size, self.antithetic)
-
-    def compute_update(self, perturbations: Tensor, fitnesses: Tensor) -> Tensor:
-        """Flat-vector hook: ``(N, D), (N,) -> (D,)`` ascent direction.
-
-        ``fitnesses`` are the raw scores (higher is better; non-finite ones already replaced by a value below
-        every finite score). Default: the ES estimate ``Σᵢ f̃ᵢ εᵢ / (N σ)`` with this
-        trainer's fitness shaping.
-        """
-        return es_update(
-            perturbations, fitnesses, self._shaping, self.group_size, self.param_groups[0]["sigma"]
-        )
 
     # ------------------------------------------------------------------------------------- step
     @torch.no_grad()
@@ -265,13 +243,6 @@ class ESTrainer(ESOptimizer):
             batched=self.batched, chunk_size=self.chunk_size, batch_dim=self.batch_dim, seed=self.seed,
             track_best=self.track_best,
         )  # fmt: skip
-
-    def _uses_flat_hooks(self) -> bool:
-        cls = type(self)
-        return (
-            cls.sample_perturbations is not ESTrainer.sample_perturbations
-            or cls.compute_update is not ESTrainer.compute_update
-        )
 
     def _generation_noise(self, generation: int) -> list[ParamNoise | None]:
         """Per parameter: its noise for the epoch of ``generation`` (None = not perturbed)."""

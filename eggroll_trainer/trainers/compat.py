@@ -127,3 +127,45 @@ def flat_generation(
         for u, p, f in zip(split(update, params), params, frozen)
     ]
     return scores, finite, best, grads
+
+
+class FlatVectorHooks:
+    """eggroll-trainer 0.1.0's flat-vector API, mixed into [`ESTrainer`][eggroll_trainer.ESTrainer]: the two
+    hooks a custom algorithm overrides and the ``device`` they read. The defaults reproduce the trainer's
+    keyed-noise ES from what it holds (``_generation_noise``, ``_all_params``, ``antithetic``, ``_shaping``,
+    ``group_size``, ``param_groups``); a subclass that overrides either hook trains through
+    ``flat_generation``."""
+
+    @property
+    def device(self) -> torch.device:
+        """The trained parameters' device, where 0.1.0's hooks put their perturbations."""
+        return self._all_params()[0].device
+
+    def sample_perturbations(self, population_size: int) -> Tensor:
+        """Flat-vector hook (eggroll-trainer 0.1.0 API): ``(N, D)`` unit perturbations.
+
+        Override it (and/or [`compute_update`][eggroll_trainer.ESTrainer.compute_update]) to write a custom
+        ES on flat vectors: member i is then evaluated at ``current_params + σ · perturbations[i]`` and
+        ``compute_update`` returns the ascent direction added as ``lr · update``. The default materialises
+        the keyed noise of this generation (O(N·D): for inspection, not for training).
+        """
+        noises = self._generation_noise(self.generation)
+        return dense_perturbations(self._all_params(), noises, population_size, self.antithetic)
+
+    def compute_update(self, perturbations: Tensor, fitnesses: Tensor) -> Tensor:
+        """Flat-vector hook: ``(N, D), (N,) -> (D,)`` ascent direction.
+
+        ``fitnesses`` are the raw scores (higher is better; non-finite ones already replaced by a value below
+        every finite score). Default: the ES estimate ``Σᵢ f̃ᵢ εᵢ / (N σ)`` with this
+        trainer's fitness shaping.
+        """
+        return es_update(
+            perturbations, fitnesses, self._shaping, self.group_size, self.param_groups[0]["sigma"]
+        )
+
+    def _uses_flat_hooks(self) -> bool:
+        cls = type(self)
+        return (
+            cls.sample_perturbations is not FlatVectorHooks.sample_perturbations
+            or cls.compute_update is not FlatVectorHooks.compute_update
+        )

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ..noise.params import ParamNoise, member_pairs
-from ..population import Perturbed, PopulationInfo, _announce, population_mode
+from ..population import Perturbed, PopulationInfo, announce, population_mode
 
 #: ``fitness_fn(model) -> float`` (higher is better), or one score per member in population mode.
 FitnessFn = Callable[[nn.Module], Any]
@@ -136,7 +136,7 @@ def evaluate_center(model: nn.Module, fitness_fn: FitnessFn, batched: bool) -> f
     that a fitness function written for population mode serves as it is."""
     with torch.no_grad():
         if batched:
-            with _announce(PopulationInfo(size=1, start=0, total=1)):
+            with announce(PopulationInfo(size=1, start=0, total=1)):
                 return as_score(fitness_fn(model), "fitness_fn")
         return as_score(fitness_fn(model), "fitness_fn")
 

@@ -10,7 +10,6 @@ the ``train`` loop, ``get_best_model``, and the group-wide ``lr``/``sigma`` acce
 from __future__ import annotations
 
 import logging
-import math
 import secrets
 from collections import defaultdict
 from collections.abc import Iterable
@@ -20,7 +19,6 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
-from tqdm.auto import tqdm
 
 from .. import distributed
 from ..updates.master import MasterWeights
@@ -29,10 +27,9 @@ from ..validation import check, check_groups, check_params, is_int, is_real
 from .best import best_model, restored
 from .checkpoint import check_settings, run_settings
 from .evaluation import FitnessFn, evaluate_center
+from .loop import generation_metrics, run_generations
 
-logger = logging.getLogger(
-    "eggroll_trainer.trainers.base"
-)  # the name users configure; the trainers live there
+logger = logging.getLogger("eggroll_trainer.trainers.base")  # the name users configure
 
 
 class ESOptimizer(torch.optim.Optimizer):
@@ -143,18 +140,9 @@ class ESOptimizer(torch.optim.Optimizer):
             ``generation``, ``best_fitness``, ``fitness_history``, ``interrupted``.
         """
         check(is_int(num_generations) and num_generations >= 0, f"Invalid num_generations: {num_generations}")
-        interrupted = False
-        show = verbose and distributed.world()[0] == 0  # one bar, not one per process
-        bar = tqdm(range(num_generations), disable=not show, desc="generations")
-        try:
-            for _ in bar:
-                metrics = self.step()
-                bar.set_postfix(mean=f"{metrics['mean_fitness']:.4g}", best=f"{metrics['best_fitness']:.4g}")
-        except KeyboardInterrupt:
-            interrupted = True
+        interrupted = run_generations(self.step, num_generations, verbose)
+        if interrupted:
             logger.warning("interrupted; parameters are those after generation %d", self.generation)
-        finally:
-            bar.close()
         return {
             "generation": self.generation,
             "best_fitness": self.best_fitness,
@@ -225,7 +213,9 @@ class ESOptimizer(torch.optim.Optimizer):
             "best_fitness": self.best_fitness,
             "best_params": None if self._best_params is None else [t.clone() for t in self._best_params],
             "master_params": self._masters.state(),
-            **run_settings(self),  # rank, antithetic, noise_reuse, group_size, elite_k, shaping: checked on load
+            **run_settings(
+                self
+            ),  # rank, antithetic, noise_reuse, group_size, elite_k, shaping: checked on load
         }
         for packed in state["param_groups"]:  # a callable rule is saved by name (loads with weights_only)
             packed["optimizer"] = describe_rule(packed["optimizer"])
@@ -270,18 +260,8 @@ class ESOptimizer(torch.optim.Optimizer):
             self._initial_params = [p.detach().to("cpu", copy=True) for p in self._all_params()]
 
     def _record(self, finite_scores: np.ndarray, with_closure: bool) -> dict[str, Any]:
-        """Count a completed generation; its metrics over this generation's finite scores (n,) (numpy: a
-        few µs, where each torch reduction of a small CPU vector costs ~10)."""
+        """Count a completed generation; its metrics over this generation's finite scores (n,)."""
         self.generation += 1
-        mean = float(finite_scores.mean())
-        centered = finite_scores - mean
-        self.fitness_history.append(mean)
-        metrics: dict[str, Any] = {
-            "generation": self.generation,
-            "mean_fitness": mean,
-            "best_fitness": float(finite_scores.max()),
-            "std_fitness": math.sqrt(float(centered @ centered) / centered.size),  # population std
-        }
-        if with_closure:
-            metrics["loss"] = -mean
+        metrics = generation_metrics(self.generation, finite_scores, with_closure)
+        self.fitness_history.append(metrics["mean_fitness"])
         return metrics
