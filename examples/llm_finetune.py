@@ -228,8 +228,8 @@ def main() -> None:
         train_hits.extend(v == 1.0 for v in values)
         return values
 
-    baseline = PromptBaseline(args.population, scale=args.scale)
-    fitness = RewardFitness(tokenizer, scored, args.max_new_tokens, baseline=baseline)
+    baseline = PromptBaseline(scale=args.scale)
+    fitness = RewardFitness(tokenizer, scored, args.max_new_tokens)
     evaluator = RewardFitness(
         tokenizer, reward, args.max_new_tokens
     )  # the unperturbed model, its own counters

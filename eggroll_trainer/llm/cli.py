@@ -155,8 +155,8 @@ def cmd_tune(args: argparse.Namespace) -> None:
     model, tokenizer = load_causal_lm(args.model, allow_download=args.download)
     targets = select_targets(model, _targets(args))
     base = targets.snapshot() if args.adapter_rank > 0 else {}
-    baseline = PromptBaseline(args.population, scale=args.scale)
-    fitness = RewardFitness(tokenizer, reward, args.max_new_tokens, baseline=baseline)
+    baseline = PromptBaseline(scale=args.scale)
+    fitness = RewardFitness(tokenizer, reward, args.max_new_tokens)
     trainer = EGGROLLTrainer(
         targets.params, model, fitness, population_size=args.population, learning_rate=args.lr, sigma=args.sigma,
         rank=args.rank, noise_reuse=args.noise_reuse, freeze_nonlora=True, optimizer=args.optimizer,
