@@ -312,3 +312,23 @@ def test_generation_memory_components(tiny: Path) -> None:
     assert mem["total (estimate)"] == sum(v for k, v in mem.items() if k != "total (estimate)")
     adam = generation_memory(model, targets, 8, 1, 4, 10, 6, optimizer="adam")
     assert adam["update: ES estimate"] == 3 * mem["update: ES estimate"]
+
+
+# ---------------------------------------------------------------------------------- σ calibration
+def test_calibrate_sigma_grows_with_sigma_and_leaves_weights(tiny: Path) -> None:
+    from eggroll_trainer.llm.calibration import calibrate_sigma
+
+    model, tok = load_causal_lm(str(tiny))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rows = calibrate_sigma(
+        model, tok, ["12+34=", "5+6=", "77+8="], [1e-6, 0.05, 2.0], members=4, max_new_tokens=4
+    )
+    assert [r["sigma"] for r in rows] == [1e-6, 0.05, 2.0]
+    assert rows[0]["differ"] == 0.0 and rows[0]["mean_abs_dlogp"] < 1e-3  # no visible change
+    assert (
+        rows[2]["differ"] > 0.5
+        and rows[2]["mean_abs_dlogp"] > rows[1]["mean_abs_dlogp"] > rows[0]["mean_abs_dlogp"]
+    )
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    with pytest.raises(ValueError, match="members"):
+        calibrate_sigma(model, tok, ["1+1="], [0.1], members=3)
