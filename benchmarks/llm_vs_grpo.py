@@ -108,7 +108,7 @@ def train_grpo(args: argparse.Namespace) -> None:
         output_dir=str(out / "trainer"), use_cpu=True, learning_rate=args.lr, num_generations=args.group,
         per_device_train_batch_size=args.group * args.prompts, max_completion_length=5, temperature=1.0,
         beta=0.0, logging_steps=1, report_to="none", save_strategy="no", max_steps=100_000, seed=args.seed,
-        bf16=False, lr_scheduler_type="constant", disable_tqdm=True,
+        bf16=False, lr_scheduler_type="constant", disable_tqdm=True, gradient_checkpointing=False,
     )  # fmt: skip
     lora = LoraConfig(
         r=args.lora_rank, lora_alpha=2 * args.lora_rank, target_modules="all-linear", task_type="CAUSAL_LM"
