@@ -7,7 +7,7 @@ decay, σ. Runs go one after another (never two at once) and are compared at equ
 time, because the machine may be shared (the load average before each run is recorded with its wall time).
 
 Run:
-    python benchmarks/llm_levers.py [--generations 40] [--only reference shaping_sign ...] [--name llm_levers]
+    python benchmarks/llm_levers.py [--generations 20 --jobs 3] [--only reference shaping_sign ...] [--name llm_levers]
 Writes ``benchmarks/results/{name}.md`` and ``.csv`` (rewritten after every run, so partial results survive);
 each run's own output goes to ``runs/{name}/{lever}/``.
 """

@@ -46,6 +46,7 @@ def main() -> None:
     model, tok = load_causal_lm("smollm2")
     train, _ = task.make_task(512)
     prompts = [task.prompt(a, b, args.template) for a, b in random.Random(1).sample(train, args.prompts)]
+    host = machine(transformers=transformers.__version__)  # the load average as the run starts
     start = time.perf_counter()
     rows = calibrate_sigma(
         model, tok, prompts, args.sigmas, params=select_targets(model, "all-linear").params, members=args.members,
@@ -63,10 +64,10 @@ def main() -> None:
         [
             f"**σ calibration, SmolLM2-135M, addition ({args.template} prompt): {args.members} members × "
             f"{args.prompts} training prompts, rank {args.rank}, 5 new tokens, all 210 linear matrices** "
-            f"({seconds:.0f} s; {machine(transformers=transformers.__version__)})",
+            f"({seconds:.0f} s; {host})",
             "",
             *markdown_table(
-                ["σ", "rows whose greedy answer differs", "mean |Δ log p| of the base answer (nats)"],
+                ["σ", "rows whose greedy answer differs", "mean abs. Δ log p of the base answer (nats)"],
                 [
                     (f"{r['sigma']:g}", f"{100 * r['differ']:.1f} %", f"{r['mean_abs_dlogp']:.3f}")
                     for r in rows
