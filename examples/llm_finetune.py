@@ -74,9 +74,11 @@ class Args:
     rank: int = 1
     """rank r of each member's weight perturbation"""
     sigma: float = 5e-3
-    """noise scale sigma"""
-    lr: float = 2e-5
-    """learning rate of plain SGD on the ES estimate (lr/sigma is Qiu et al.'s alpha)"""
+    """noise scale sigma (calibrated: 58 % of members answer differently, |Δ log p| 0.3 nats;
+    benchmarks/llm_sigma.py)"""
+    lr: float = 3e-5
+    """learning rate of plain SGD on the ES estimate (lr/sigma is Qiu et al.'s alpha); RMS(Δθ)/σ ≈ lr/(σ²√N):
+    3e-5 gives ≈ 0.2 at N = 32, σ = 5e-3 (1e-4 first rises, then degrades: docs/examples/llm.md)"""
     optimizer: str = "sgd"
     """update rule: sgd, adam, adamw or clipup"""
     lr_decay: str = "none"
@@ -311,7 +313,7 @@ def main() -> None:
         lr_now = trainer.param_groups[0]["lr"]
         before = [p.detach().clone() for p in probe]
         metrics = trainer.step()
-        step_sq = sum(float((p - q).pow(2).sum()) for p, q in zip(probe, before))
+        step_sq = sum(float((p.detach() - q).pow(2).sum()) for p, q in zip(probe, before))
         rms = math.sqrt(step_sq / sum(p.numel() for p in probe)) / args.sigma
         if scheduler is not None:
             scheduler.step()

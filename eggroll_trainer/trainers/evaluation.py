@@ -10,8 +10,8 @@ Member $i$ is $\theta + \sigma s_i E_{k(i)}$: pair $k(i)$ of the generation's ke
 
 Scores are float64 on the CPU, **higher is better**: a closure returns a loss, so its values are negated.
 A member may have one score or a row of P (one per prompt of a language-model fitness): the slice's scores are
-then ``(count, P)`` — ``(K, P)`` from a population-mode call, ``(1, P)`` (or ``(P,)``-shaped ``(1, P)``) from one
-member — and every member of a generation must give the same P.
+then ``(count, P)`` — a population-mode call returns ``(K, P)``, a sequential call ``(1, P)`` — and every member
+of a generation must give the same P.
 [`check_scores`][eggroll_trainer.trainers.evaluation.check_scores] then decides what a NaN/inf score means.
 """
 
