@@ -169,7 +169,7 @@ def compare(args: argparse.Namespace) -> None:
         tokens = summary["generated_tokens"] / max(summary["train_time_s"] - summary["load_s"], 1e-9)
         rows.append(
             (label, f"{100 * summary['accuracy_before']:.1f} %", f"{100 * summary['accuracy_after']:.1f} %",
-             f"{100 * summary['accuracy_gain']:+.1f}", f"{summary['wall_time_s']:.0f}", f"{tokens:.0f}",
+             f"{100 * summary['accuracy_gain']:+.1f}", f"{summary['wall_time_s']:.0f}", f"{tokens:.2f}",
              f"{summary['peak_rss_mb']:.0f}")
         )  # fmt: skip
     ax.set_xlabel("wall time (min, loading included)")
@@ -205,11 +205,14 @@ def compare(args: argparse.Namespace) -> None:
                 rows,
             ),
             "",
+            *([args.note, ""] if args.note else []),
             "`python benchmarks/llm_vs_grpo.py compare --es "
             + " ".join(args.es)
             + " --grpo "
             + " ".join(args.grpo)
-            + f" --out {args.out}`",
+            + f" --out {args.out}"
+            + (f' --note "{args.note}"' if args.note else "")
+            + "`",
         ],
     )
 
@@ -233,6 +236,7 @@ def main() -> None:
     cmp.add_argument("--es", nargs="+", required=True)
     cmp.add_argument("--grpo", nargs="+", default=[])
     cmp.add_argument("--out", default="llm_vs_grpo")
+    cmp.add_argument("--note", default="", help="a line under the table (e.g. the load while the runs ran)")
     args = parser.parse_args()
     train_grpo(args) if args.mode == "grpo" else compare(args)
 

@@ -37,8 +37,12 @@ def _answer_logp(model: Any, ids: Tensor, mask: Tensor, answer: Tensor, answer_m
     full_mask = torch.cat([mask, answer_mask], dim=1).repeat(k, 1)
     positions = (full_mask.cumsum(dim=1) - 1).clamp(min=0)  # left padding: positions count real tokens
     t_a = answer.shape[1]
-    keep = {"logits_to_keep": t_a + 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
-    logits = model(input_ids=full, attention_mask=full_mask, position_ids=positions, **keep).logits  # (K·P, ·, V)
+    keep = (
+        {"logits_to_keep": t_a + 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    )
+    logits = model(
+        input_ids=full, attention_mask=full_mask, position_ids=positions, **keep
+    ).logits  # (K·P, ·, V)
     logits = logits[:, -t_a - 1 : -1].float()  # (K·P, T_a, V): the positions that predict the answer
     logp = torch.log_softmax(logits, dim=-1).gather(2, full[:, -t_a:, None]).squeeze(2)  # (K·P, T_a)
     return (logp * answer_mask.repeat(k, 1)).sum(dim=1).view(k, -1)  # (K, P)
