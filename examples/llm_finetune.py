@@ -82,7 +82,8 @@ class Args:
     optimizer: str = "sgd"
     """update rule: sgd, adam, adamw or clipup"""
     lr_decay: str = "none"
-    """none, or cosine: the lr falls to lr_floor·lr over the time budget (a torch LambdaLR on the trainer)"""
+    """none, or cosine: the lr falls to lr_floor·lr over --generations, or else over the time budget (a torch
+    LambdaLR on the trainer)"""
     lr_floor: float = 0.1
     """final lr as a fraction of --lr with --lr-decay cosine"""
     noise_reuse: int = 1
@@ -288,12 +289,12 @@ def main() -> None:
     deadline = start + args.time_budget - 1.2 * eval_s  # leave time for the final evaluation
     train_start = time.perf_counter()
     scheduler = None
-    if args.lr_decay == "cosine":  # by the fraction of the training time spent: runs are time-budgeted
+    if args.lr_decay == "cosine":  # over the generations if counted, else over the training time
         floor, span = args.lr_floor, max(deadline - train_start, 1e-9)
 
-        def factor(_: int) -> float:
-            done = min(1.0, (time.perf_counter() - train_start) / span)
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * done))
+        def factor(step: int) -> float:
+            done = step / args.generations if args.generations else (time.perf_counter() - train_start) / span
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(trainer, factor)
     elif args.lr_decay != "none":
