@@ -1,9 +1,10 @@
 """Sharding the population over ``torch.distributed`` ranks (the OpenAI-ES scheme).
 
 Every rank holds the same θ and the same noise table; rank q evaluates members
-``q·N/R .. (q+1)·N/R - 1``; only the N fitness scalars cross the network (one all-gather per
-generation, plus one broadcast of the seed when a trainer is built); every rank then applies the
-identical update from regenerated noise. Active whenever the default process group is initialised with
+``q·N/R .. (q+1)·N/R - 1``; only the fitness scores cross the network — N scalars, or N·P for a fitness
+that scores each member on P prompts (two all-gathers per generation: a small header that says each rank's
+status and P, then the scores; plus one broadcast of the seed when a trainer is built); every rank then
+applies the identical update from regenerated noise. Active whenever the default process group is initialised with
 world size R > 1. Under ``torchrun`` the trainer initialises it itself if the script has not.
 
 Failure behaviour:
@@ -33,8 +34,8 @@ from .noise.table import hash_key
 
 logger = logging.getLogger(__name__)
 
-#: Header slots in front of each rank's scores: failure flag, generation, 52-bit seed fingerprint.
-_HEADER = 3
+#: Header slots of each rank: failure flag, generation, 52-bit seed fingerprint, scores per member (P; 0: (N,)).
+_HEADER = 4
 
 
 class RemoteFitnessError(RuntimeError):
@@ -141,17 +142,19 @@ def all_sum(tensor: Tensor) -> Tensor:
 def evaluate_sharded(
     population_size: int, evaluate: Callable[[int, int], Tensor], *, seed: int, generation: int
 ) -> Tensor:
-    """Scores of the whole population, (N,) float64 on the CPU, each rank evaluating only its shard.
+    """Scores of the whole population, ``(N,)`` or ``(N, P)`` float64 on the CPU, each rank evaluating only its
+    shard.
 
-    ``evaluate(start, count)`` scores members ``start .. start+count-1``. If it raises on any rank, every
-    rank raises (see the module docstring); ``seed`` and ``generation`` must agree across ranks."""
+    ``evaluate(start, count)`` scores members ``start .. start+count-1`` (``(count,)`` or ``(count, P)``). If it
+    raises on any rank, every rank raises (see the module docstring); ``seed`` and ``generation`` must agree
+    across ranks, and so must P."""
     start, count = shard(population_size)
     if world()[1] == 1:
         return evaluate(start, count)
     try:
-        local = evaluate(start, count).to(torch.float64).reshape(-1)
-        if local.numel() != count:
-            raise ValueError(f"evaluated {local.numel()} scores for a shard of {count} members")
+        local = evaluate(start, count).to(torch.float64)
+        if local.shape[:1] != (count,) or local.dim() > 2:
+            raise ValueError(f"evaluated scores of shape {tuple(local.shape)} for a shard of {count} members")
     except BaseException:
         try:
             gather_scores(None, population_size, seed=seed, generation=generation)  # the others raise
@@ -164,25 +167,54 @@ def evaluate_sharded(
 def gather_scores(
     local: Tensor | None, population_size: int, *, seed: int = 0, generation: int = 0
 ) -> Tensor:
-    """All-gather every rank's scores into the (N,) population vector (float64, CPU).
+    """All-gather every rank's ``(count,)`` or ``(count, P)`` scores into the ``(N,)`` or ``(N, P)`` population
+    scores (float64, CPU).
 
-    ``local=None`` means this rank failed: the others raise :class:`RemoteFitnessError`, this one
-    returns nothing useful (its caller re-raises its own error)."""
+    Two all-gathers: each rank's header (failure flag, generation, seed fingerprint, P), then — when every
+    rank succeeded and all agree — the scores. ``local=None`` means this rank failed: the others raise
+    :class:`RemoteFitnessError`, this one returns nothing useful (its caller re-raises its own error)."""
     size = world()[1]
     if size == 1:
         if local is None:
             raise ValueError("gather_scores: no scores on a single process")
         return local
-    count = population_size // size
     device = _device()
-    mine = torch.zeros(_HEADER + count, dtype=torch.float64, device=device)
+    mine = torch.zeros(_HEADER, dtype=torch.float64, device=device)
     mine[1] = generation
     mine[2] = hash_key(seed) >> 12  # 52 bits: exact in float64
     if local is None:
         mine[0] = 1.0
-    else:
-        mine[_HEADER:] = local.to(device=device, dtype=torch.float64)
-    parts = torch.empty(size, _HEADER + count, dtype=torch.float64, device=device)
+    elif local.dim() == 2:
+        mine[3] = local.shape[1]
+    headers = _all_gather(mine, size, generation).cpu()  # (R, _HEADER)
+    failed = [q for q in range(size) if headers[q, 0] != 0]
+    if failed:
+        if local is None:
+            return torch.empty(0, dtype=torch.float64)
+        raise RemoteFitnessError(
+            f"generation {generation}: fitness evaluation failed on rank(s) {failed} (see their traceback); "
+            "parameters unchanged on every rank"
+        )
+    if not (headers[:, 1:3] == headers[0, 1:3]).all():
+        states = ", ".join(f"rank {q}: generation {int(headers[q, 1])}" for q in range(size))
+        raise RankMismatchError(
+            f"the ranks are not running the same ES run ({states}; seeds "
+            f"{'agree' if bool((headers[:, 2] == headers[0, 2]).all()) else 'differ'}). Initialise torch.distributed "
+            "before building the trainer on every rank, and load the same checkpoint on every rank"
+        )
+    if not (headers[:, 3] == headers[0, 3]).all():
+        raise ValueError(
+            f"generation {generation}: the ranks' fitness functions returned different numbers of scores per "
+            f"member ({', '.join(f'rank {q}: {int(headers[q, 3]) or 1}' for q in range(size))})"
+        )
+    assert local is not None  # a failed rank returned above
+    parts = _all_gather(local.to(device=device, dtype=torch.float64).contiguous(), size, generation).cpu()
+    return parts.reshape(population_size, *local.shape[1:])
+
+
+def _all_gather(mine: Tensor, size: int, generation: int) -> Tensor:
+    """``(R, *mine.shape)``: every rank's ``mine``, with a note on the failure of a dead or hung peer."""
+    parts = torch.empty(size, *mine.shape, dtype=mine.dtype, device=mine.device)
     try:
         dist.all_gather(list(parts.unbind(0)), mine)
     except Exception as exc:
@@ -192,20 +224,4 @@ def gather_scores(
                 "rank has probably died, or hung past the process group's timeout (init_process_group(timeout=...))"
             )
         raise
-    parts = parts.cpu()
-    failed = [q for q in range(size) if parts[q, 0] != 0]
-    if failed:
-        if local is None:
-            return parts[:, _HEADER:].reshape(-1)
-        raise RemoteFitnessError(
-            f"generation {generation}: fitness evaluation failed on rank(s) {failed} (see their traceback); "
-            "parameters unchanged on every rank"
-        )
-    if not (parts[:, 1:_HEADER] == parts[0, 1:_HEADER]).all():
-        states = ", ".join(f"rank {q}: generation {int(parts[q, 1])}" for q in range(size))
-        raise RankMismatchError(
-            f"the ranks are not running the same ES run ({states}; seeds "
-            f"{'agree' if bool((parts[:, 2] == parts[0, 2]).all()) else 'differ'}). Initialise torch.distributed "
-            "before building the trainer on every rank, and load the same checkpoint on every rank"
-        )
-    return parts[:, _HEADER:].reshape(-1)
+    return parts

@@ -13,6 +13,11 @@ block of G consecutive members, divide by the *global* std. Applied after a shap
 applied last, to the shaped (and group-normalised) weights, so it composes with every option above.
 
 Non-finite scores are replaced before shaping by ``finite_or_worst``: they rank below every finite score.
+
+**Score matrices.** A language-model fitness may give each member P scores, one per prompt: ``(N, P)``.
+The built-in shapings above then apply to each member's mean over P; any other callable receives the
+matrix and returns ``(N,)``. For sparse 0/1 rewards: ``prompt_baseline`` (per-prompt z-scores, or per-prompt
+centred ranks with ties averaged) and ``mirrored_sign`` (the sign of each antithetic pair's difference).
 """
 
 from __future__ import annotations
@@ -165,15 +170,100 @@ def clean_scores(scores: Tensor) -> Tensor:
 
 def shape_fitness(scores: Tensor, shaping: ShapingFn, group_size: int = 0, elite_k: int = 0) -> Tensor:
     """The full pipeline: non-finite → worst, shaping, optional group normalisation, then (``elite_k > 0``)
-    only the best ``elite_k`` antithetic pairs kept (``elite_pairs``)."""
+    only the best ``elite_k`` antithetic pairs kept (``elite_pairs``).
+
+    ``scores`` is ``(N,)`` or ``(N, P)``; a built-in shaping (``SHAPINGS``) sees each member's mean over P, any
+    other callable the matrix itself. Returns ``(N,)`` weights."""
     clean = clean_scores(scores)
+    if clean.dim() == 2 and shaping in SHAPINGS.values():
+        clean = clean.mean(dim=1)
     weights = shaping(clean)
-    if weights.shape != clean.shape:
+    if weights.shape != clean.shape[:1]:
         raise ValueError(
-            f"fitness_shaping returned shape {tuple(weights.shape)}, expected {tuple(clean.shape)}"
+            f"fitness_shaping returned shape {tuple(weights.shape)}, expected {tuple(clean.shape[:1])}"
         )
     if group_size > 0:
         weights = group_normalize(weights, group_size)
     if elite_k > 0:
         weights = elite_pairs(weights, elite_k)
     return weights
+
+
+# ------------------------------------------------------------------------- (N, P) score matrices
+PROMPT_SCALES = ("std", "rank", "none")
+
+
+def tied_centered_rank(scores: Tensor) -> Tensor:
+    r"""Centred ranks along dim 0, ``(N, …) -> (N, …)`` in [-0.5, 0.5], tied scores sharing their average rank.
+
+    Rank of $x_i$ among $N$: $\#\{j: x_j < x_i\} + (\#\{j: x_j = x_i\} - 1)/2$, divided by $N - 1$, minus ½;
+    all-equal scores give zeros. O(N²) comparisons per column (N ≤ a few thousand)."""
+    n = scores.shape[0]
+    if n == 1:
+        return torch.zeros_like(scores)
+    x = scores.unsqueeze(1)  # (N, 1, …) against (1, N, …)
+    below = (scores.unsqueeze(0) < x).sum(dim=1)  # (N, …): members scoring lower
+    equal = (scores.unsqueeze(0) == x).sum(dim=1)  # (N, …): itself included
+    return (below + (equal - 1) / 2).to(scores.dtype) / (n - 1) - 0.5
+
+
+def prompt_baseline(scores: Tensor, scale: str = "std") -> Tensor:
+    r"""Per-prompt shaping of an ``(N, P)`` reward matrix (member i, prompt p) into ``(N,)`` weights.
+
+    Each prompt is shaped over the members, then each member's mean over prompts is z-scored:
+
+    $$a_{ip} = \frac{r_{ip} - \bar r_p}{s_p + \epsilon},\qquad \bar r_p = \tfrac1N\sum_j r_{jp},\quad
+    s_p^2 = \tfrac1N\sum_j (r_{jp} - \bar r_p)^2,\qquad \tilde f_i = \mathrm{zscore}_i\Big(\tfrac1P\sum_p
+    a_{ip}\Big).$$
+
+    Subtracting $\bar r_p$ alone changes nothing — it shifts every member's mean by the same constant, which
+    the final z-score removes — so the baseline matters through $s_p$: a prompt that every member gets right
+    (or wrong) contributes nothing, and one that splits the population counts in proportion to how it splits
+    it, however rare its successes (GRPO's per-prompt advantage).
+
+    Args:
+        scores: ``(N, P)`` rewards (an ``(N,)`` vector is one prompt). Non-finite ones rank worst within
+            their prompt.
+        scale: ``"std"`` (the formula above), ``"rank"`` ($a_{ip}$ = centred rank of $r_{ip}$ among the
+            members, ties averaged: ``tied_centered_rank``) or ``"none"`` ($a_{ip} = r_{ip} - \bar r_p$: the
+            z-score of the mean reward).
+
+    Returns:
+        ``(N,)`` weights, zero mean and unit std (all zeros when no prompt separates the members).
+    """
+    if scale not in PROMPT_SCALES:
+        raise ValueError(f"Invalid scale: {scale!r} (expected one of {PROMPT_SCALES})")
+    r = torch.as_tensor(scores, dtype=torch.float64)
+    r = r.unsqueeze(1) if r.dim() == 1 else r
+    if r.dim() != 2 or r.shape[0] == 0:
+        raise ValueError(f"prompt_baseline: scores must be (N, P), got {tuple(r.shape)}")
+    finite = torch.isfinite(r)
+    low = torch.where(finite, r, torch.inf).amin(dim=0, keepdim=True)  # (1, P) worst finite
+    r = torch.where(finite, r, torch.nan_to_num(low, posinf=0.0) - 1.0)
+    if scale == "rank":
+        advantages = tied_centered_rank(r)  # (N, P)
+    else:
+        advantages = r - r.mean(dim=0, keepdim=True)  # (N, P)
+        if scale == "std":
+            spread = advantages.abs().amax(dim=0, keepdim=True)  # (1, P)
+            noise = 8 * r.shape[0] * torch.finfo(r.dtype).eps * r.abs().amax(dim=0, keepdim=True)
+            std = advantages.pow(2).mean(dim=0, keepdim=True).sqrt()
+            advantages = torch.where(spread <= noise, 0.0, advantages / (std + _EPS))
+    return zscore(advantages.mean(dim=1)).to(torch.as_tensor(scores).dtype)
+
+
+def mirrored_sign(scores: Tensor) -> Tensor:
+    r"""The sign of each antithetic pair's difference (EGGROLL paper, App. D): ``(N,)`` or ``(N, P)`` → ``(N,)``.
+
+    Members $2k$ and $2k+1$ are the mirrored pair $\theta \pm \sigma E_k$ (``antithetic=True``); with
+    $f_i$ the mean over P, $\tilde f_{2k} = \mathrm{sign}(f_{2k} - f_{2k+1})$ and $\tilde f_{2k+1} =
+    -\tilde f_{2k}$: every pair moves θ by the same amount, towards its better member, and a tie moves
+    nothing. Robust to outliers and to the scale of sparse rewards; ±1 has the unit RMS of ``zscore``.
+    """
+    f = scores.mean(dim=1) if scores.dim() == 2 else scores
+    n = f.numel()
+    if n % 2:
+        raise ValueError(f"mirrored_sign needs antithetic pairs: an even population, got N = {n}")
+    pairs = f.view(n // 2, 2)
+    sign = torch.sign(pairs[:, 0] - pairs[:, 1])  # (N/2,)
+    return torch.stack([sign, -sign], dim=1).reshape(n)

@@ -7,13 +7,15 @@ some 1xx number, or restates the sum), yet with one worked example in the prompt
 the skill is there, the habit is not — the kind of change a low-rank ES search finds quickly.
 
 Each generation: P training prompts; the N members' completions come from **one batched ``generate``**
-(N·P rows, member-major, KV cache, greedy); the reward gives 1 for the exact sum and partial credit for
-right-aligned digits; per-prompt baselines (``eggroll_trainer.llm.fitness.PromptBaseline``) shape the fitness;
-``EGGROLLTrainer`` perturbs the ``--target-modules`` matrices at rank r. Held-out accuracy (exact match,
-the same greedy decoding) is measured before, during and after.
+(member-major rows, KV cache, greedy); the reward gives 1 for the exact sum and partial credit for
+right-aligned digits. Two layouts (``--group-size``): every member answers all P prompts (N·P rows, shaped
+per prompt by ``PromptBaseline``), or groups of G members answer their own P·G/N prompts (the paper's layout,
+a group-wise baseline). ``EGGROLLTrainer`` perturbs the ``--target-modules`` matrices at rank r; RMS(Δθ)/σ
+is logged every generation. Held-out accuracy (exact match, the same prompt and greedy decoding) is
+measured before, during and after, next to the base model's accuracy with a one-shot prompt.
 
 Writes to ``--output-dir``: ``summary.json`` (accuracy before/after, wall time, tokens/s, peak RSS),
-``metrics.csv``, ``learning_curve.png``, ``samples.json``; with ``--save-model`` the tuned model
+``metrics.csv`` (one row a generation), ``learning_curve.png``, ``samples.json``; with ``--save-model`` the tuned model
 (``save_pretrained``) and a LoRA adapter of its ΔW (``--adapter-rank``).
 
 This file also serves the command line: ``eggroll tune smollm2 --reward examples/llm_finetune.py
@@ -27,6 +29,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 import random
 import re
 import resource
@@ -42,6 +45,7 @@ import tyro
 from eggroll_trainer import EGGROLLTrainer
 from eggroll_trainer.llm.fitness import PromptBaseline, RewardFitness
 from eggroll_trainer.llm.models import load_causal_lm, save_model, select_targets
+from eggroll_trainer.shaping import mirrored_sign
 
 
 @dataclass
@@ -61,21 +65,31 @@ class Args:
     population: int = 32
     """population size N (members per generation; even: antithetic pairs)"""
     prompts_per_step: int = 8
-    """P, training prompts every member answers each generation"""
+    """P, distinct training prompts a generation (each member answers P, or P·G/N with --group-size G)"""
+    group_size: int = 0
+    """G > 0: members 0..G-1 share their own P·G/N prompts, and so on (group-wise baseline); 0: all share all"""
+    shaping: str = "prompt_std"
+    """prompt_std (per-prompt z-scores), prompt_rank (per-prompt ranks, ties averaged), sign (mirrored
+    difference), zscore or centered_rank (of the mean reward)"""
     rank: int = 1
     """rank r of each member's weight perturbation"""
     sigma: float = 5e-3
-    """noise scale sigma"""
-    lr: float = 2e-5
-    """learning rate of plain SGD on the ES estimate (lr/sigma is Qiu et al.'s alpha)"""
+    """noise scale sigma (calibrated: 58 % of members answer differently, |Δ log p| 0.3 nats;
+    benchmarks/llm_sigma.py)"""
+    lr: float = 3e-5
+    """learning rate of plain SGD on the ES estimate (lr/sigma is Qiu et al.'s alpha); RMS(Δθ)/σ ≈ lr/(σ²√N):
+    3e-5 gives ≈ 0.2 at N = 32, σ = 5e-3 (1e-4 first rises, then degrades: docs/examples/llm.md)"""
     optimizer: str = "sgd"
     """update rule: sgd, adam, adamw or clipup"""
+    lr_decay: str = "none"
+    """none, or cosine: the lr falls to lr_floor·lr over --generations, or else over the time budget (a torch
+    LambdaLR on the trainer)"""
+    lr_floor: float = 0.1
+    """final lr as a fraction of --lr with --lr-decay cosine"""
     noise_reuse: int = 1
     """generations that share one noise draw (0/1: fresh noise every generation)"""
     target_modules: tuple[str, ...] = ("all-linear",)
     """PEFT-style module suffixes, or all-linear"""
-    scale: str = "std"
-    """per-prompt baseline: std (divide by each prompt's std) or none (mean reward)"""
     batched: bool = True
     """population mode: one generate for all members (else one member at a time)"""
     chunk_size: int = 0
@@ -86,8 +100,10 @@ class Args:
     """stop after this many generations (0: only the time budget stops)"""
     time_budget: float = 1800.0
     """seconds for the whole run: loading, training and both evaluations"""
-    heldout: int = 256
+    heldout: int = 512
     """held-out pairs (never trained on) for the before/after accuracy"""
+    oneshot_baseline: bool = True
+    """also measure the base model's held-out accuracy with a one-shot prompt (the baseline to beat)"""
     eval_every: int = 25
     """generations between held-out evaluations on --eval-subset pairs"""
     eval_subset: int = 64
@@ -108,8 +124,8 @@ def parse_args() -> Args:
     args = tyro.cli(Args, description=__doc__)
     if args.quick:
         args = dataclasses.replace(
-            args, population=4, prompts_per_step=2, generations=2, heldout=8, eval_every=1, eval_subset=4
-        )
+            args, population=4, prompts_per_step=2, generations=2, heldout=8, eval_every=1, eval_subset=4,
+        )  # fmt: skip
     return args
 
 
@@ -121,8 +137,12 @@ def make_task(heldout: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]
     return pairs[heldout:], pairs[:heldout]
 
 
-def prompt(a: int, b: int) -> str:
-    return f"{a} + {b} ="
+#: Prompt formats: the raw completion trained on, and the one-shot prompt of the baseline.
+TEMPLATES = {"plain": "{a} + {b} =", "oneshot": "12 + 34 = 46\n{a} + {b} ="}
+
+
+def prompt(a: int, b: int, template: str = "plain") -> str:
+    return TEMPLATES[template].format(a=a, b=b)
 
 
 PROMPT = re.compile(r"(\d+) \+ (\d+) =$")
@@ -149,13 +169,29 @@ def reward(prompts: list[str], completions: list[str]) -> list[float]:
     return scores
 
 
+def make_shaping(name: str, group_size: int) -> Any:
+    """The trainer's ``fitness_shaping`` for ``--shaping`` (the trainer receives the ``(N, b)`` rewards)."""
+    if name.startswith("prompt_"):
+        if group_size:
+            raise ValueError(
+                f"--shaping {name} compares members on the same prompts: use zscore/sign with groups"
+            )
+        return PromptBaseline(scale=name.removeprefix("prompt_"))
+    shapings = {"sign": mirrored_sign, "zscore": "zscore", "centered_rank": "centered_rank"}
+    if name not in shapings:
+        raise ValueError(f"Invalid --shaping: {name!r}")
+    return shapings[name]
+
+
 def exact(prompts: list[str], completions: list[str]) -> list[bool]:
     return [r == 1.0 for r in reward(prompts, completions)]
 
 
-def heldout_accuracy(fitness: RewardFitness, model: Any, pairs: list[tuple[int, int]]) -> tuple[float, list]:
+def heldout_accuracy(
+    fitness: RewardFitness, model: Any, pairs: list[tuple[int, int]], template: str = "plain"
+) -> tuple[float, list]:
     """Exact-match accuracy of the unperturbed model (plain greedy generate, outside population mode)."""
-    prompts = [prompt(a, b) for a, b in pairs]
+    prompts = [prompt(a, b, template) for a, b in pairs]
     completions = fitness.complete(model, prompts)[0]
     hits = exact(prompts, completions)
     return sum(hits) / len(hits), [
@@ -228,16 +264,16 @@ def main() -> None:
         train_hits.extend(v == 1.0 for v in values)
         return values
 
-    baseline = PromptBaseline(args.population, scale=args.scale)
-    fitness = RewardFitness(tokenizer, scored, args.max_new_tokens, baseline=baseline)
+    fitness = RewardFitness(tokenizer, scored, args.max_new_tokens, group_size=args.group_size)
     evaluator = RewardFitness(
         tokenizer, reward, args.max_new_tokens
     )  # the unperturbed model, its own counters
     trainer = EGGROLLTrainer(
         targets.params, model, fitness, population_size=args.population, learning_rate=args.lr,
         sigma=args.sigma, rank=args.rank, noise_reuse=args.noise_reuse, freeze_nonlora=True,
-        optimizer=args.optimizer, fitness_shaping=baseline, batched=args.batched,
-        chunk_size=args.chunk_size or None, seed=args.seed,
+        optimizer=args.optimizer, fitness_shaping=make_shaping(args.shaping, args.group_size),
+        group_size=args.group_size, batched=args.batched, chunk_size=args.chunk_size or None, seed=args.seed,
+        track_best=False,
     )  # fmt: skip
     print(f"{type(model).__name__}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters, "
           f"{len(targets.names)} matrices perturbed ({targets.numel / 1e6:.1f} M), loaded in {load_s:.1f} s")  # fmt: skip
@@ -246,26 +282,52 @@ def main() -> None:
     acc_before, samples_before = heldout_accuracy(evaluator, model, heldout_pairs)
     eval_s = time.perf_counter() - t_eval
     print(f"held-out accuracy before: {acc_before:.3f} ({len(heldout_pairs)} pairs, {eval_s:.1f} s)")
+    acc_oneshot = float("nan")
+    if args.oneshot_baseline:
+        acc_oneshot = heldout_accuracy(evaluator, model, heldout_pairs, "oneshot")[0]
+        print(f"held-out accuracy of the base model with a one-shot prompt: {acc_oneshot:.3f}")
     deadline = start + args.time_budget - 1.2 * eval_s  # leave time for the final evaluation
+    train_start = time.perf_counter()
+    scheduler = None
+    if args.lr_decay == "cosine":  # over the generations if counted, else over the training time
+        floor, span = args.lr_floor, max(deadline - train_start, 1e-9)
+
+        def factor(step: int) -> float:
+            done = step / args.generations if args.generations else (time.perf_counter() - train_start) / span
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(trainer, factor)
+    elif args.lr_decay != "none":
+        raise ValueError(f"Invalid --lr-decay: {args.lr_decay!r} (none or cosine)")
+    probe = targets.params[:: max(1, len(targets.params) // 21)]  # RMS(Δθ) on a sample of the matrices
     subset = heldout_pairs[: args.eval_subset]
     first = samples_before[: args.eval_subset]
     rows: list[dict[str, float]] = [
-        dict(generation=0, wall_s=time.perf_counter() - start, train_reward=float("nan"), train_exact=float("nan"),
+        dict(generation=0, wall_s=time.perf_counter() - start, lr=args.lr, train_reward=float("nan"),
+             train_exact=float("nan"), step_rms_over_sigma=float("nan"),
              heldout_accuracy=sum(s["correct"] for s in first) / len(first))
     ]  # fmt: skip
     rng = random.Random(args.seed)
     while (args.generations == 0 or trainer.generation < args.generations) and time.perf_counter() < deadline:
         fitness.prompts = [prompt(a, b) for a, b in rng.sample(train_pairs, args.prompts_per_step)]
         train_hits.clear()
+        lr_now = trainer.param_groups[0]["lr"]
+        before = [p.detach().clone() for p in probe]
         metrics = trainer.step()
+        step_sq = sum(float((p.detach() - q).pow(2).sum()) for p, q in zip(probe, before))
+        rms = math.sqrt(step_sq / sum(p.numel() for p in probe)) / args.sigma
+        if scheduler is not None:
+            scheduler.step()
         row = dict(
-            generation=trainer.generation, wall_s=time.perf_counter() - start, train_reward=metrics["mean_fitness"],
-            train_exact=sum(train_hits) / max(1, len(train_hits)), heldout_accuracy=float("nan"),
+            generation=trainer.generation, wall_s=time.perf_counter() - start, lr=lr_now,
+            train_reward=metrics["mean_fitness"], train_exact=sum(train_hits) / max(1, len(train_hits)),
+            step_rms_over_sigma=rms, heldout_accuracy=float("nan"),
         )  # fmt: skip
         if trainer.generation % args.eval_every == 0:
             row["heldout_accuracy"] = heldout_accuracy(evaluator, model, subset)[0]
             print(f"gen {trainer.generation:4d}  {row['wall_s']:7.1f} s  reward {row['train_reward']:.3f}  "
-                  f"train exact {row['train_exact']:.3f}  held-out subset {row['heldout_accuracy']:.3f}")  # fmt: skip
+                  f"train exact {row['train_exact']:.3f}  RMS(Δθ)/σ {rms:.3f}  "
+                  f"held-out subset {row['heldout_accuracy']:.3f}")  # fmt: skip
         rows.append(row)
     train_s = time.perf_counter() - start
 
@@ -277,7 +339,9 @@ def main() -> None:
     summary = dict(
         run=run_name, model=args.model, task="two-digit addition, raw completion 'a + b ='",
         heldout_pairs=len(heldout_pairs), accuracy_before=acc_before, accuracy_after=acc_after,
-        accuracy_gain=acc_after - acc_before, generations=trainer.generation, load_s=load_s, wall_time_s=wall_s,
+        accuracy_gain=acc_after - acc_before, accuracy_oneshot_base=acc_oneshot,
+        mean_step_rms_over_sigma=float(np.mean([r["step_rms_over_sigma"] for r in rows[1:]] or [float("nan")])),
+        generations=trainer.generation, load_s=load_s, wall_time_s=wall_s,
         train_time_s=train_s, population_rows=fitness.rows, generated_tokens=fitness.new_tokens,
         generate_s=fitness.seconds, tokens_per_s=fitness.new_tokens / max(fitness.seconds, 1e-9),
         eval_tokens_per_s=evaluator.new_tokens / max(evaluator.seconds, 1e-9), peak_rss_mb=peak_rss_mb(),

@@ -15,7 +15,6 @@ from safetensors.torch import load_file
 from test_hf import build_tiny_llama
 
 from eggroll_trainer.llm.cli import main
-from eggroll_trainer.llm.tune import _MATRIX_SCORES
 
 ROOT = Path(__file__).resolve().parent.parent
 REWARD = "lambda prompts, completions: [float(sum(map(ord, c)) % 97) for c in completions]"
@@ -41,18 +40,7 @@ def run(launch: list[str] | None, tiny: Path, prompts: Path, out: Path, *extra: 
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-@pytest.mark.parametrize(
-    "scale",
-    [
-        "none",
-        pytest.param(
-            "std",
-            marks=pytest.mark.skipif(
-                not _MATRIX_SCORES, reason="per-prompt shaping across ranks: (N, P) scores"
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("scale", ["none", "std"])
 def test_two_ranks_give_the_weights_of_one_process(tmp_path: Path, scale: str) -> None:
     tiny = build_tiny_llama(tmp_path / "tiny")
     prompts = tmp_path / "prompts.txt"

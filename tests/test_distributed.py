@@ -25,6 +25,7 @@ from conftest import make_data, make_model, params_of  # noqa: E402
 
 from eggroll_trainer import EGGROLLTrainer, VanillaESTrainer, current_population  # noqa: E402
 from eggroll_trainer.distributed import RankMismatchError, RemoteFitnessError, all_sum, any_rank  # noqa: E402
+from eggroll_trainer.shaping import prompt_baseline  # noqa: E402
 
 WORLD = 2
 GENERATIONS = 3
@@ -37,15 +38,29 @@ CASES = {
     "batched_chunks": dict(
         cls=VanillaESTrainer, population_size=8, batched=True, antithetic=False, chunk_size=3
     ),
+    # (K, P) scores, one per data row (as a language-model fitness gives one per prompt), gathered as (N, P)
+    "batched_prompts": dict(
+        cls=EGGROLLTrainer,
+        population_size=6,
+        rank=1,
+        batched=True,
+        chunk_size=2,
+        per_row=True,
+        fitness_shaping=prompt_baseline,
+    ),  # fmt: skip
+    "sequential_prompts": dict(
+        cls=EGGROLLTrainer, population_size=6, rank=1, per_row=True, fitness_shaping=prompt_baseline
+    ),
 }
 
 
 class Fitness:
     """Negative MSE (sequential or batched) that logs which members it was asked to score."""
 
-    def __init__(self, batched: bool) -> None:
+    def __init__(self, batched: bool, per_row: bool = False) -> None:
         self.x, self.y = make_data()
         self.batched = batched
+        self.per_row = per_row  # (K, rows) scores instead of (K,)
         self.calls: list[tuple[int, int, int]] = []  # (start, size, total) per call; sequential: (-1, 1, -1)
         self.fail_at: int | None = None  # raise at this call index
 
@@ -54,18 +69,20 @@ class Fitness:
             raise ValueError("fitness exploded on purpose")
         if not self.batched:
             self.calls.append((-1, 1, -1))
+            if self.per_row:
+                return -((model(self.x) - self.y) ** 2).view(1, -1)  # (1, rows)
             return -((model(self.x) - self.y) ** 2).mean().item()
         info = current_population()
         self.calls.append((info.start, info.size, info.total))
         pred = model(self.x.expand(info.size, *self.x.shape))
-        return -((pred - self.y) ** 2).mean(dim=(1, 2))
+        return -((pred - self.y) ** 2).mean(dim=2 if self.per_row else (1, 2))
 
 
 def build(case: str, seed: int | None = 0):
     options = dict(CASES[case])
     cls, norm = options.pop("cls"), options.pop("norm", False)
     model = make_model(norm=norm)
-    fitness = Fitness(options.get("batched", False))
+    fitness = Fitness(options.get("batched", False), options.pop("per_row", False))
     trainer = cls(model.parameters(), model=model, fitness_fn=fitness, learning_rate=0.05, sigma=0.1, seed=seed,
                   **options)  # fmt: skip
     return model, trainer, fitness

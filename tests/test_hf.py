@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from eggroll_trainer import EGGROLLTrainer
-from eggroll_trainer.llm.fitness import PromptBaseline, RewardFitness, population_generate
+from eggroll_trainer import EGGROLLTrainer, zscore
+from eggroll_trainer.llm.fitness import PromptBaseline, PromptBatch, RewardFitness, population_generate
 from eggroll_trainer.llm.lora import export_lora, lora_factors
 from eggroll_trainer.llm.memory import generation_memory
 from eggroll_trainer.llm.models import load_causal_lm, resolve_model, save_model, select_targets
@@ -183,6 +183,83 @@ def test_batched_generation_equals_sequential(tiny: Path, chunk_size) -> None:
     assert runs[True][1] == runs[False][1]
 
 
+class Recorder:
+    """A reward that keeps the rows it was called with: prompts, completions and fields."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[str], list[str], dict]] = []
+
+    def __call__(self, prompts, completions, **fields):
+        self.calls.append((list(prompts), list(completions), fields))
+        return reward_ones(prompts, completions)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 3])
+def test_grouped_layout_gives_each_group_its_own_prompts(tiny: Path, chunk_size) -> None:
+    """group_size=G: member i answers the b prompts of group i // G, its fields aligned with its rows."""
+    model, tok = load_causal_lm(str(tiny))
+    reward = Recorder()
+    fitness = RewardFitness(tok, reward, max_new_tokens=3, group_size=2)
+    prompts = ["1+1=", "2+2=", "3+3=", "4+4=", "5+5=", "6+6="]  # N/G = 3 groups × b = 2 prompts
+    fitness.batch = PromptBatch(prompts, {"answer": ["2", "4", "6", "8", "10", "12"]})
+    trainer = EGGROLLTrainer(
+        select_targets(model).params, model, fitness, population_size=6, learning_rate=0.0, sigma=0.5, rank=1,
+        freeze_nonlora=True, batched=True, chunk_size=chunk_size, group_size=2, seed=3,
+    )  # fmt: skip
+    trainer.step()
+    rows = [p for call in reward.calls for p in call[0]]
+    answers = [a for call in reward.calls for a in call[2]["answer"]]
+    group_of = [i // 2 for i in range(6)]
+    assert rows == [prompts[2 * g + j] for g in group_of for j in range(2)]
+    assert answers == [str(2 * (int(p[0]))) for p in rows]
+    # outside a step (the unperturbed model) the model answers the whole batch
+    reward.calls.clear()
+    assert trainer.evaluate_fitness(model) >= 0 and reward.calls[0][0] == prompts
+
+
+def test_grouped_layout_rows_equal_the_members_own_generations(tiny: Path) -> None:
+    """The grouped rows of one generate are what each member answers alone on its group's prompts."""
+    model, tok = load_causal_lm(str(tiny))
+    reward = Recorder()
+    fitness = RewardFitness(tok, reward, max_new_tokens=4, group_size=2)
+    fitness.prompts = ["12+34=", "5+6=", "77+8=", "9+9="]  # 2 groups × b = 2
+    trainer = EGGROLLTrainer(
+        select_targets(model).params, model, fitness, population_size=4, learning_rate=0.0, sigma=0.5, rank=1,
+        freeze_nonlora=True, batched=True, group_size=2, seed=3,
+    )  # fmt: skip
+    trainer.step()
+    batched = reward.calls[0][1]  # (4 members × 2 rows)
+    expected = []
+    for member in range(4):  # the same noise, every member answering its group's two prompts (no groups)
+        group = fitness.prompts[2 * (member // 2) : 2 * (member // 2) + 2]
+        alone = Recorder()
+        plain = RewardFitness(tok, alone, max_new_tokens=4)
+        plain.prompts = group
+        EGGROLLTrainer(
+            select_targets(model).params, model, plain, population_size=4, learning_rate=0.0, sigma=0.5, rank=1,
+            freeze_nonlora=True, batched=True, seed=3,
+        ).step()  # fmt: skip
+        expected += alone.calls[0][1][2 * member : 2 * member + 2]
+    assert batched == expected
+    assert len(set(batched)) > 2  # members really differ
+
+
+def test_grouped_layout_bad_sizes_raise(tiny: Path) -> None:
+    model, tok = load_causal_lm(str(tiny))
+    fitness = RewardFitness(tok, reward_ones, max_new_tokens=2, group_size=2)
+    fitness.prompts = ["1+1=", "2+2=", "3+3="]  # 2 groups cannot share 3 prompts
+    trainer = EGGROLLTrainer(
+        select_targets(model).params, model, fitness, population_size=4, sigma=0.1, rank=1,
+        freeze_nonlora=True, batched=True, group_size=2, seed=3,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="multiple of 2 prompts"):
+        trainer.step()
+    with pytest.raises(ValueError, match="field 'answer' has 1 values for 2 prompts"):
+        PromptBatch(["a", "b"], {"answer": ["1"]})
+    with pytest.raises(ValueError, match="group_size"):
+        RewardFitness(tok, reward_ones, max_new_tokens=2, group_size=-1)
+
+
 def test_population_generate_shapes_and_beam_refusal(tiny: Path) -> None:
     model, tok = load_causal_lm(str(tiny))
     enc = tok(["12+34=", "5+6="], return_tensors="pt", padding=True)
@@ -195,34 +272,35 @@ def test_population_generate_shapes_and_beam_refusal(tiny: Path) -> None:
 
 
 def test_prompt_baseline_per_prompt_advantages() -> None:
-    baseline = PromptBaseline(4)
     # prompt 0: everyone right (no signal); prompt 1: one member of four right.
-    rewards = torch.tensor([[1.0, 0.0], [1.0, 1.0], [1.0, 0.0], [1.0, 0.0]])
-    means = torch.cat([baseline.record(rewards[:2], start=0), baseline.record(rewards[2:], start=2)])
-    torch.testing.assert_close(means, rewards.mean(1).double())
-    adv = baseline.advantages()
-    assert torch.all(adv[:, 0] == 0)
-    s = (3 / 16) ** 0.5  # std of (0, 1, 0, 0)
-    torch.testing.assert_close(adv[:, 1], torch.tensor([-0.25, 0.75, -0.25, -0.25], dtype=torch.float64) / s)
-    shaped = baseline(means)
-    assert shaped.argmax() == 1 and shaped.sum().abs() < 1e-6
+    rewards = torch.tensor([[1.0, 0.0], [1.0, 1.0], [1.0, 0.0], [1.0, 0.0]], dtype=torch.float64)
+    shaped = PromptBaseline()(rewards)
+    torch.testing.assert_close(shaped, zscore(torch.tensor([-1.0, 3.0, -1.0, -1.0], dtype=torch.float64)))
     # Mean-only centering is a constant shift per member: "none" equals the z-score of the mean reward.
-    plain = PromptBaseline(4, scale="none")
-    plain.record(rewards)
-    torch.testing.assert_close(
-        plain(means), (means - means.mean()) / means.std(unbiased=False), atol=1e-6, rtol=0
-    )
+    torch.testing.assert_close(PromptBaseline(scale="none")(rewards), zscore(rewards.mean(1)))
 
 
-def test_prompt_baseline_incomplete_or_bad_input_raises() -> None:
-    baseline = PromptBaseline(4)
-    baseline.record(torch.ones(2, 3))
-    with pytest.raises(ValueError, match="2 of 4 members"):
-        baseline(torch.zeros(4))
-    with pytest.raises(ValueError, match=r"\(K, P\)"):
-        baseline.record(torch.ones(3))
+def test_prompt_baseline_gives_every_split_prompt_the_same_weight() -> None:
+    """Per-prompt z-scores: prompt 0 split 1 of 4, prompt 1 split 3 of 4; both carry the same total weight,
+    so the rare success counts most."""
+    rewards = torch.tensor([[1.0, 1.0], [0.0, 1.0], [0.0, 1.0], [0.0, 0.0]], dtype=torch.float64)
+    shaped = PromptBaseline()(rewards)
+    assert shaped[1] == shaped[2] and shaped[0] > shaped[1] > shaped[3]
+    torch.testing.assert_close(shaped, -shaped.flip(0))  # the two prompts mirror each other
+
+
+def test_prompt_baseline_rank_scale_averages_ties() -> None:
+    rewards = torch.tensor([[1.0], [1.0], [0.0], [0.0]], dtype=torch.float64)
+    shaped = PromptBaseline(scale="rank")(rewards)
+    assert shaped[0] == shaped[1] and shaped[2] == shaped[3] and shaped[0] > 0
+    assert torch.all(PromptBaseline(scale="rank")(torch.ones(4, 3)) == 0)  # all tied: nothing moves
+
+
+def test_prompt_baseline_bad_input_raises() -> None:
     with pytest.raises(ValueError, match="scale"):
-        PromptBaseline(4, scale="max")
+        PromptBaseline(scale="max")
+    with pytest.raises(ValueError, match=r"\(N, P\)"):
+        PromptBaseline()(torch.ones(2, 3, 4))
 
 
 def test_generation_memory_matches_what_is_measured(tiny: Path) -> None:
@@ -258,3 +336,23 @@ def test_generation_memory_matches_what_is_measured(tiny: Path) -> None:
         ]
         == 0
     )
+
+
+# ---------------------------------------------------------------------------------- σ calibration
+def test_calibrate_sigma_grows_with_sigma_and_leaves_weights(tiny: Path) -> None:
+    from eggroll_trainer.llm.calibration import calibrate_sigma
+
+    model, tok = load_causal_lm(str(tiny))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rows = calibrate_sigma(
+        model, tok, ["12+34=", "5+6=", "77+8="], [1e-6, 0.05, 2.0], members=4, max_new_tokens=4
+    )
+    assert [r["sigma"] for r in rows] == [1e-6, 0.05, 2.0]
+    assert rows[0]["differ"] == 0.0 and rows[0]["mean_abs_dlogp"] < 1e-3  # no visible change
+    assert (
+        rows[2]["differ"] > 0.5
+        and rows[2]["mean_abs_dlogp"] > rows[1]["mean_abs_dlogp"] > rows[0]["mean_abs_dlogp"]
+    )
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    with pytest.raises(ValueError, match="members"):
+        calibrate_sigma(model, tok, ["1+1="], [0.1], members=3)

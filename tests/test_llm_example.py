@@ -68,8 +68,8 @@ def test_smollm2_one_population_generation() -> None:
     assert sum(p.numel() for p in model.parameters()) == 134_515_008
     targets = select_targets(model, "all-linear")
     assert len(targets.names) == 210
-    baseline = PromptBaseline(4)
-    fitness = RewardFitness(tok, ex.reward, max_new_tokens=4, baseline=baseline)
+    baseline = PromptBaseline()
+    fitness = RewardFitness(tok, ex.reward, max_new_tokens=4)
     fitness.prompts = [ex.prompt(a, b) for a, b in random.Random(0).sample(ex.make_task(256)[0], 2)]
     trainer = EGGROLLTrainer(
         targets.params, model, fitness, population_size=4, learning_rate=1e-5, sigma=5e-3, rank=1,

@@ -5,6 +5,7 @@
 * ``rewards`` — every reward form (batch, per-text, lambda, model access, perplexity, weighted sums);
 * ``data`` — prompts and their fields from files or ``datasets`` folders; ``sampling`` — paired sampling;
 * ``fitness`` — a population's completions in one ``generate`` call, scored by a reward;
+* ``calibration`` — choosing σ: how often members answer differently from the base model;
 * ``models`` — loading a causal LM offline, choosing the matrices ES perturbs, saving the result;
 * ``lora`` — the evolved weights as a PEFT LoRA adapter; ``memory`` — what a generation holds in memory;
 * ``checkpoint`` — checkpoints, metrics and the learning curve of a run; ``cli`` — the ``eggroll`` command.
@@ -12,6 +13,7 @@
 Importing this package does not import ``transformers``; the functions that need it import it when called.
 """
 
+from .calibration import calibrate_sigma
 from .data import PromptData, load_prompts
 from .fitness import PromptBaseline, PromptBatch, RewardFitness, population_generate
 from .lora import export_lora
@@ -35,6 +37,7 @@ __all__ = [
     "PairedSampling",
     "PromptBaseline",
     "RewardFitness",
+    "calibrate_sigma",
     "population_generate",
     "export_lora",
     "generation_memory",

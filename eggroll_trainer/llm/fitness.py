@@ -7,23 +7,26 @@ cache, greedy by default — so every decoding step is one forward of all member
 across members and is refused.) Outside population mode K = 1 and it is plain generation, so the same
 fitness function serves sequential evaluation, batched evaluation and the unperturbed model.
 
-**Per-prompt baselines.** Every member answers the same P prompts; reward $r_{ip}$ (member i, prompt p).
-The trainer's ``group_size`` groups *consecutive members* (the paper's layout gives each group its own
-prompt); here a group would be the whole population, so we shape per prompt instead
-([`PromptBaseline`][eggroll_trainer.llm.fitness.PromptBaseline], passed as ``fitness_shaping``):
+**Two layouts.** A batch of prompts (a [`PromptBatch`][eggroll_trainer.llm.fitness.PromptBatch]) is
+answered in one of two ways, set by [`RewardFitness`][eggroll_trainer.llm.fitness.RewardFitness]'s
+``group_size``:
 
-$$a_{ip} = \frac{r_{ip} - \bar r_p}{s_p + \epsilon},\qquad \bar r_p = \tfrac1N\sum_j r_{jp},\quad
-s_p^2 = \tfrac1N\sum_j (r_{jp} - \bar r_p)^2,\qquad \tilde f_i = \mathrm{zscore}_i\Big(\tfrac1P\sum_p a_{ip}\Big).$$
+* ``group_size=0``: every member answers every prompt of the batch (P = the batch's length): N·P rows that
+  explore N/2 pairs of directions. Shape per prompt with
+  [`PromptBaseline`][eggroll_trainer.llm.fitness.PromptBaseline] (``shaping.prompt_baseline``).
+* ``group_size=G``: the batch holds N/G·b prompts and member i answers the b prompts of group i // G (the
+  EGGROLL paper's layout): at the same N·b rows the population explores N/2 pairs, each group of G members
+  compared on its own prompts. Pass the same ``group_size=G`` to the trainer: it subtracts each group's mean
+  and divides by the global std (the paper's group-wise baseline).
 
-Subtracting $\bar r_p$ alone would change nothing — it shifts every member's mean by the same
-$\frac1P\sum_p \bar r_p$, which the final z-score removes — so the baseline matters through $s_p$: a prompt
-that every member gets right (or wrong) contributes nothing, and one that splits the population counts in
-proportion to how it splits it, however rare its successes (GRPO's per-prompt advantage). With
-``scale="none"`` the score is the plain mean reward.
+Either way the fitness returns ``(K, b)`` rewards (b = P without groups), and the trainer shapes the
+gathered ``(N, b)`` matrix — a pure function of it, so chunks, ``evaluate_fitness()`` between steps and
+``torch.distributed`` ranks change nothing.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,9 +35,10 @@ import torch
 from torch import Tensor
 
 from ..population import current_population
-from ..shaping import zscore
+from ..shaping import prompt_baseline
 
-RewardFn = Callable[[list[str], list[str]], Sequence[float]]
+#: ``reward(prompts, completions, **fields) -> list[float]``: one value a row (higher is better).
+RewardFn = Callable[..., Sequence[float]]
 
 
 def members_now() -> int:
@@ -69,96 +73,106 @@ def population_generate(
     k, p = members_now(), input_ids.shape[0]
     rows = input_ids.repeat(k, 1)  # (K·P, T): member i owns rows i·P … i·P+P−1
     mask = None if attention_mask is None else attention_mask.repeat(k, 1)
+    return generate_rows(model, rows, mask, max_new_tokens=max_new_tokens, **generate_kwargs).reshape(
+        k, p, -1
+    )
+
+
+@torch.no_grad()
+def generate_rows(
+    model: Any, rows: Tensor, attention_mask: Tensor | None, *, max_new_tokens: int, **generate_kwargs: Any
+) -> Tensor:
+    """New tokens ``(K·b, T_new)`` of rows already laid out member-major (member i owns rows i·b … i·b+b−1),
+    from one greedy-by-default ``model.generate`` call with the KV cache."""
+    if generate_kwargs.get("num_beams", 1) != 1 or generate_kwargs.get("num_return_sequences", 1) != 1:
+        raise ValueError(
+            "generate_rows: beam search and num_return_sequences reorder rows; use greedy/sampling"
+        )
     generate_kwargs.setdefault("do_sample", False)
     out = model.generate(
-        input_ids=rows, attention_mask=mask, max_new_tokens=max_new_tokens, use_cache=True, **generate_kwargs
-    )  # (K·P, T + T_new)
-    return out[:, input_ids.shape[1] :].reshape(k, p, -1)
+        input_ids=rows, attention_mask=attention_mask, max_new_tokens=max_new_tokens, use_cache=True,
+        **generate_kwargs,
+    )  # (K·b, T + T_new)  # fmt: skip
+    return out[:, rows.shape[1] :]
+
+
+class PromptBaseline:
+    """Per-prompt fitness shaping, ``(N, P) -> (N,)``: ``shaping.prompt_baseline`` as a ``fitness_shaping``.
+
+    Stateless: the trainer hands it the whole generation's ``(N, P)`` rewards (gathered across chunks and
+    ranks), so nothing can get out of step. See [`prompt_baseline`][eggroll_trainer.shaping.prompt_baseline]
+    for the math.
+
+    Args:
+        scale: ``"std"`` (per-prompt z-scores), ``"rank"`` (per-prompt centred ranks, ties averaged) or
+            ``"none"`` (the z-score of the mean reward).
+    """
+
+    def __init__(self, scale: str = "std") -> None:
+        prompt_baseline(torch.zeros(2, 1), scale)  # validates scale
+        self.scale = scale
+
+    def __call__(self, scores: Tensor) -> Tensor:
+        """Shaped fitness ``(N,)`` of the ``(N, P)`` rewards."""
+        return prompt_baseline(scores, self.scale)
+
+    def __repr__(self) -> str:
+        return f"PromptBaseline(scale={self.scale!r})"
 
 
 @dataclass
 class PromptBatch:
-    """One step's prompts and the data's other fields (each list aligned with ``prompts``)."""
+    """One generation's prompts, with any per-prompt data the reward needs (answers, test cases, ...).
 
-    prompts: list[str]
-    fields: dict[str, list[Any]] = field(default_factory=dict)
-
-
-class PromptBaseline:
-    """Per-prompt fitness shaping for members that all answer the same prompts (see the module docstring).
-
-    The fitness function calls [`record`][eggroll_trainer.llm.fitness.PromptBaseline.record] with the ``(K, P)``
-    rewards of the members it evaluated (in the trainer's order: batched chunks or one member at a time);
-    the trainer then calls the object as its ``fitness_shaping`` with the N mean rewards, and gets
-    $\\tilde f$. Works in one process (not with multi-process sharding, where a rank sees only its shard).
-
-    Args:
-        population_size: N.
-        scale: ``"std"`` (divide by each prompt's std over members) or ``"none"`` (mean reward).
+    Each list in ``fields`` is aligned with ``prompts``; the reward receives the same fields aligned with its
+    rows (``reward(prompts, completions, answer=[...])``).
     """
 
-    def __init__(self, population_size: int, scale: str = "std") -> None:
-        if scale not in ("std", "none"):
-            raise ValueError(f"Invalid scale: {scale!r} (expected 'std' or 'none')")
-        self.population_size = population_size
-        self.scale = scale
-        self._rows: list[Tensor] = []
+    prompts: list[str]
+    fields: dict[str, list] = field(default_factory=dict)
 
-    def record(self, rewards: Tensor, start: int | None = None) -> Tensor:
-        """Store the ``(K, P)`` rewards of members ``start … start+K−1`` (``None``: the next K members, as
-        sequential evaluation calls one member at a time); returns their mean rewards ``(K,)``."""
-        rewards = torch.as_tensor(rewards, dtype=torch.float64).cpu()
-        if rewards.dim() != 2:
-            raise ValueError(f"PromptBaseline.record: rewards must be (K, P), got {tuple(rewards.shape)}")
-        held = sum(r.shape[0] for r in self._rows)
-        if start == 0 or held + rewards.shape[0] > self.population_size:  # a new generation starts
-            self._rows.clear()
-        elif start is not None and start != held:
-            raise ValueError(f"PromptBaseline.record: members from {start} recorded after {held} members")
-        self._rows.append(rewards)
-        return rewards.mean(dim=1)
+    def __post_init__(self) -> None:
+        self.prompts = list(self.prompts)
+        for name, values in self.fields.items():
+            if len(values) != len(self.prompts):
+                raise ValueError(
+                    f"PromptBatch: field {name!r} has {len(values)} values for {len(self.prompts)} prompts"
+                )
 
-    def advantages(self) -> Tensor:
-        """``(N, P)`` per-prompt advantages of the recorded generation (non-finite rewards rank worst)."""
-        r = torch.cat(self._rows) if self._rows else torch.empty(0, 0, dtype=torch.float64)
-        if r.shape[0] != self.population_size:
-            raise ValueError(
-                f"PromptBaseline: rewards of {r.shape[0]} of {self.population_size} members were recorded; the "
-                "fitness function must record() every member (multi-process sharding is not supported)"
-            )
-        finite = torch.isfinite(r)
-        low = torch.where(finite, r, torch.inf).amin(dim=0, keepdim=True)  # (1, P) worst finite
-        r = torch.where(finite, r, torch.nan_to_num(low, posinf=0.0) - 1.0)
-        centered = r - r.mean(dim=0, keepdim=True)  # (N, P)
-        if self.scale == "none":
-            return centered
-        return centered / (centered.pow(2).mean(dim=0, keepdim=True).sqrt() + 1e-8)
+    def __len__(self) -> int:
+        return len(self.prompts)
 
-    def __call__(self, scores: Tensor) -> Tensor:
-        """Shaped fitness ``(N,)``: z-score of the mean per-prompt advantage."""
-        if scores.shape != (self.population_size,):
-            raise ValueError(
-                f"PromptBaseline: expected {self.population_size} scores, got {tuple(scores.shape)}"
-            )
-        weights = zscore(self.advantages().mean(dim=1))
-        self._rows.clear()
-        return weights.to(scores)
+    def take(self, index: Sequence[int]) -> PromptBatch:
+        """The rows ``index`` (repeats allowed), fields included."""
+        return PromptBatch(
+            [self.prompts[i] for i in index], {k: [v[i] for i in index] for k, v in self.fields.items()}
+        )
 
 
 class RewardFitness:
-    """``fitness_fn`` for an ES trainer: every member completes ``self.prompts``; ``reward`` scores them.
+    """``fitness_fn`` for an ES trainer: members complete the prompts of ``self.batch``; ``reward`` scores them.
 
-    One call generates the K·P completions of the K members in population mode (K = 1 sequentially) and
-    calls ``reward(prompts, completions)`` once with K·P pairs, member-major. Returns each member's mean
-    reward ``(K,)``; with a ``baseline`` the ``(K, P)`` rewards are recorded for per-prompt shaping.
-    Counts ``rows`` and ``new_tokens`` generated and ``seconds`` spent, for throughput figures.
+    One call generates the completions of the K members in population mode (K = 1 outside it) in one
+    ``generate`` and calls ``reward(prompts, completions, **fields)`` **once**, with K·b rows, member-major,
+    every field list aligned with the rows. Returns the ``(K, b)`` rewards: give the trainer a
+    ``fitness_shaping`` for matrices ([`PromptBaseline`][eggroll_trainer.llm.fitness.PromptBaseline]) or a
+    built-in name (applied to each member's mean).
+
+    * ``group_size=0``: every member answers all b = len(batch) prompts.
+    * ``group_size=G > 0``: in a trainer step (population mode), the batch holds N/G·b prompts and member i
+      answers the b prompts of group i // G; pass ``group_size=G`` to the trainer too. Outside a step, and in
+      sequential mode (``batched=False``, where a fitness call cannot tell which member it scores), the model
+      answers the whole batch.
+
+    Counts ``rows`` and ``new_tokens`` generated and ``seconds`` spent, for throughput figures;
+    ``last_completions[i]`` holds member i's completions of the last call.
 
     Args:
         tokenizer: the model's tokenizer (left padding).
-        reward: ``reward(prompts, completions) -> list[float]`` (higher is better).
+        reward: ``reward(prompts, completions, **fields) -> list[float]`` (higher is better).
         max_new_tokens: decoding length.
-        baseline: a [`PromptBaseline`][eggroll_trainer.llm.fitness.PromptBaseline] to record into, or ``None``.
-        **generate_kwargs: passed to ``generate``.
+        group_size: members that share their prompts (0: all of them share the whole batch).
+        **generate_kwargs: passed to ``generate`` (greedy by default).
     """
 
     def __init__(
@@ -166,63 +180,87 @@ class RewardFitness:
         tokenizer: Any,
         reward: RewardFn,
         max_new_tokens: int,
-        baseline: PromptBaseline | None = None,
+        *,
+        group_size: int = 0,
         **generate_kwargs: Any,
     ) -> None:
+        if group_size < 0:
+            raise ValueError(f"Invalid group_size: {group_size} (0: no groups, or G > 0 members per group)")
         self.tokenizer = tokenizer
         self.reward = reward
         self.max_new_tokens = max_new_tokens
-        self.baseline = baseline
+        self.group_size = int(group_size)
         generate_kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
         self.generate_kwargs = generate_kwargs
-        self.prompts: list[str] = []
-        self.fields: dict[str, list[Any]] = {}
+        self.batch = PromptBatch([])
         self.last_completions: list[list[str]] = []
         self.rows = self.new_tokens = 0
         self.seconds = 0.0
 
     @property
-    def batch(self) -> PromptBatch:
-        """This step's prompts and fields; the reward gets the fields as keywords, aligned to its rows."""
-        return PromptBatch(self.prompts, self.fields)
+    def prompts(self) -> list[str]:
+        """The prompts of ``self.batch``; setting it sets a batch without fields."""
+        return self.batch.prompts
 
-    @batch.setter
-    def batch(self, batch: PromptBatch) -> None:
-        self.prompts, self.fields = list(batch.prompts), dict(batch.fields)
+    @prompts.setter
+    def prompts(self, prompts: Sequence[str]) -> None:
+        self.batch = PromptBatch(list(prompts))
 
-    def complete(self, model: Any, prompts: Sequence[str]) -> list[list[str]]:
-        """``completions[i][p]``: member i's completion of prompt p (K lists of P strings)."""
-        import time
+    def complete(self, model: Any, prompts: Sequence[str], members: int | None = None) -> list[list[str]]:
+        """``completions[i][j]``: member i's completion of its j-th prompt.
 
+        ``members=None``: every member (K of ``current_population``) answers all ``prompts``. ``members=K``:
+        ``prompts`` already holds K·b rows, member-major (member i answers rows i·b … i·b+b−1)."""
         start = time.perf_counter()
         enc = self.tokenizer(list(prompts), return_tensors="pt", padding=True)
         device = next(model.parameters()).device
-        new = population_generate(
-            model, enc["input_ids"].to(device), enc["attention_mask"].to(device),
-            max_new_tokens=self.max_new_tokens, **self.generate_kwargs,
-        )  # fmt: skip
-        k, p, t = new.shape
-        text = self.tokenizer.batch_decode(new.reshape(k * p, t), skip_special_tokens=True)
-        self.rows += k * p
-        self.new_tokens += k * p * t
+        ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+        if members is None:
+            new = population_generate(
+                model, ids, mask, max_new_tokens=self.max_new_tokens, **self.generate_kwargs
+            )
+            k, b, t = new.shape  # (K, P, T_new)
+        else:
+            k, b = members, len(prompts) // members
+            new = generate_rows(model, ids, mask, max_new_tokens=self.max_new_tokens, **self.generate_kwargs)
+            t = new.shape[1]
+        text = self.tokenizer.batch_decode(new.reshape(k * b, t), skip_special_tokens=True)
+        self.rows += k * b
+        self.new_tokens += k * b * t
         self.seconds += time.perf_counter() - start
-        return [text[i * p : (i + 1) * p] for i in range(k)]
+        return [text[i * b : (i + 1) * b] for i in range(k)]
+
+    def member_rows(self) -> tuple[PromptBatch, int | None]:
+        """This call's rows: ``(batch, None)`` when every member answers the whole batch, else the K·b rows of
+        the grouped layout, member-major, and K."""
+        info = current_population()
+        if self.group_size == 0 or info is None or info.total == 1:
+            return self.batch, None
+        g, n = self.group_size, info.total
+        if n % g:
+            raise ValueError(f"RewardFitness: group_size={g} must divide the population size {n}")
+        if len(self.batch) % (n // g):
+            raise ValueError(
+                f"RewardFitness: with group_size={g} and N={n} the batch must hold a multiple of {n // g} prompts "
+                f"(N/G groups × b prompts each), got {len(self.batch)}"
+            )
+        b = len(self.batch) // (n // g)
+        index = [(i // g) * b + j for i in range(info.start, info.start + info.size) for j in range(b)]
+        return self.batch.take(index), info.size
 
     def __call__(self, model: Any) -> Tensor:
-        if not self.prompts:
+        if not self.batch.prompts:
             raise ValueError(
-                "RewardFitness: set .prompts (this generation's prompts) before the trainer steps"
+                "RewardFitness: set .batch (or .prompts) to this generation's prompts before the trainer steps"
             )
-        completions = self.complete(model, self.prompts)
+        rows, members = self.member_rows()
+        completions = self.complete(model, rows.prompts, members)
         self.last_completions = completions
-        k, p = len(completions), len(self.prompts)
+        k, b = len(completions), len(completions[0])
+        if members is None:  # every member answers the whole batch: repeat it member-major
+            rows = rows.take(list(range(b)) * k)
         flat = [c for member in completions for c in member]
-        fields = {name: list(values) * k for name, values in self.fields.items()}
-        values = [float(v) for v in self.reward(self.prompts * k, flat, **fields)]
-        if len(values) != k * p:
-            raise ValueError(f"reward returned {len(values)} values for {k * p} completions")
-        rewards = torch.tensor(values, dtype=torch.float64).view(k, p)
-        info = current_population()
-        if self.baseline is None or (info is not None and info.total != self.baseline.population_size):
-            return rewards.mean(dim=1)  # not a trainer step (e.g. evaluate_fitness): nothing to record
-        return self.baseline.record(rewards, None if info is None else info.start)
+        values = [float(v) for v in self.reward(rows.prompts, flat, **rows.fields)]
+        if len(values) != k * b:
+            raise ValueError(f"reward returned {len(values)} values for {k * b} completions")
+        return torch.tensor(values, dtype=torch.float64).view(k, b)

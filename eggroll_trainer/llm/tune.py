@@ -16,7 +16,6 @@ rank holds the model and computes the same held-out reward); only rank 0 writes.
 
 from __future__ import annotations
 
-import functools
 import json
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .. import distributed, shaping
+from .. import distributed
 from ..trainers.eggroll import EGGROLLTrainer
 from .checkpoint import load_checkpoint, plot_learning_curve, read_metrics, save_checkpoint
 from .data import batch_indices, load_prompts
@@ -35,9 +34,6 @@ from .rewards import as_reward, is_model_reward
 from .sampling import PairedSampling
 
 __all__ = ["Tuner", "tune"]
-
-#: Whether the trainer takes (K, P) scores and a shaping of (N, P) (the agreed interface; helper L's branch).
-_MATRIX_SCORES = hasattr(shaping, "prompt_baseline")
 
 
 class Tuner:
@@ -108,20 +104,12 @@ class Tuner:
         model_reward = is_model_reward(self.reward)
         if model_reward:
             self.reward.tokenizer = self.tokenizer
-        if _MATRIX_SCORES:  # (K, P) scores; the shaping sees (N, P), also across ranks
-            if model_reward:
-                return self.reward, "zscore"
-            fitness = RewardFitness(
-                self.tokenizer, self.reward, self.options["max_new_tokens"], **self._generate_kwargs()
-            )
-            return fitness, functools.partial(shaping.prompt_baseline, scale=scale)
-        if model_reward:  # until then: (K,) mean scores
-            return (lambda m: _member_means(self.reward(m))), "zscore"
-        baseline = PromptBaseline(population, scale) if scale == "std" else None
+        if model_reward:  # dense (K, b) scores: the z-score of each member's mean
+            return self.reward, "zscore"
         fitness = RewardFitness(
-            self.tokenizer, self.reward, self.options["max_new_tokens"], baseline=baseline, **self._generate_kwargs()
-        )  # fmt: skip
-        return fitness, baseline or "zscore"
+            self.tokenizer, self.reward, self.options["max_new_tokens"], **self._generate_kwargs()
+        )  # (K, P) scores; the shaping sees the generation's (N, P), also across ranks
+        return fitness, PromptBaseline(scale)
 
     def _set_batch(self, target: Any, batch: Any) -> None:
         (self.reward if is_model_reward(self.reward) else target).batch = batch
@@ -234,12 +222,6 @@ class Tuner:
         if self.writes:
             with open(self._path("metrics.jsonl"), "a") as log:
                 log.write(json.dumps(record) + "\n")
-
-
-def _member_means(scores: Any) -> torch.Tensor:
-    """``(K,)`` from ``(K,)`` or ``(K, P)`` scores."""
-    scores = torch.as_tensor(scores, dtype=torch.float64)
-    return scores.reshape(scores.shape[0], -1).mean(dim=1)
 
 
 def tune(model: Any, tokenizer: Any, reward: Any, data: Any, *, generations: int = 100,

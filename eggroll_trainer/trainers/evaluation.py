@@ -9,6 +9,9 @@ Member $i$ is $\theta + \sigma s_i E_{k(i)}$: pair $k(i)$ of the generation's ke
   model in population mode (``eggroll_trainer.population``), where each call returns one score per member.
 
 Scores are float64 on the CPU, **higher is better**: a closure returns a loss, so its values are negated.
+A member may have one score or a row of P (one per prompt of a language-model fitness): the slice's scores are
+then ``(count, P)`` — a population-mode call returns ``(K, P)``, a sequential call ``(1, P)`` — and every member
+of a generation must give the same P.
 [`check_scores`][eggroll_trainer.trainers.evaluation.check_scores] then decides what a NaN/inf score means.
 """
 
@@ -46,6 +49,24 @@ def as_score(value: Any, what: str) -> float:
         raise TypeError(f"{what} must return a number, got {type(value).__name__}") from None
 
 
+def as_row(value: Any, what: str) -> Tensor:
+    """One member's scores from what ``what`` returned: a number (a 0-d float64 tensor) or a ``(1, P)`` row of
+    per-prompt scores (a ``(P,)`` float64 tensor). Anything else raises, as in ``as_score``."""
+    if isinstance(value, Tensor) and value.dim() == 2 and value.shape[0] == 1 and value.shape[1] > 1:
+        return value.detach().to(device="cpu", dtype=torch.float64).reshape(-1)
+    return torch.tensor(as_score(value, what), dtype=torch.float64)
+
+
+def member_scorer(
+    model: nn.Module, fitness_fn: FitnessFn | None, closure: Callable[[], Any] | None
+) -> Callable[[], Tensor]:
+    """Like ``scorer``, but a member may return a ``(1, P)`` row (``as_row``): a 0-d or ``(P,)`` tensor."""
+    if closure is not None:
+        return lambda: -as_row(closure(), "closure")
+    assert fitness_fn is not None  # the trainer checks this before a generation
+    return lambda: as_row(fitness_fn(model), "fitness_fn")
+
+
 def scorer(
     model: nn.Module, fitness_fn: FitnessFn | None, closure: Callable[[], Any] | None
 ) -> Callable[[], float]:
@@ -62,7 +83,7 @@ def evaluate_sequential(
     start: int,
     count: int,
     antithetic: bool,
-    score: Callable[[], float],
+    score: Callable[[], Tensor | float],
 ) -> Tensor:
     r"""Score members ``start .. start+count-1`` one at a time.
 
@@ -71,22 +92,26 @@ def evaluate_sequential(
     saved copy, bit for bit (also when ``score`` raises). Run it under ``torch.no_grad()``, as ``step`` does.
 
     Returns:
-        ``(count,)`` float64 scores.
+        ``(count,)`` float64 scores, or ``(count, P)`` when ``score()`` gives a ``(P,)`` row.
     """
     saved = [p.detach().clone() for p, _, _ in live]
     pairs, signs = member_pairs(start, count, antithetic, torch.device("cpu"))
-    scores = torch.empty(count, dtype=torch.float64)
+    rows: list[Tensor] = []
     try:
-        for t, (pair, sign) in enumerate(zip(pairs.tolist(), signs.tolist())):
+        for pair, sign in zip(pairs.tolist(), signs.tolist()):
             for p, noise, sigma in live:
                 noise.perturb_(p, pair, sign * sigma)
-            scores[t] = score()
+            rows.append(torch.as_tensor(score(), dtype=torch.float64))
             for (p, _, _), theta in zip(live, saved):
                 p.copy_(theta)
     finally:
         for (p, _, _), theta in zip(live, saved):
             p.copy_(theta)
-    return scores
+    if len({tuple(r.shape) for r in rows}) > 1:
+        raise ValueError(
+            f"fitness_fn returned scores of different shapes for different members: {sorted({tuple(r.shape) for r in rows})}"
+        )
+    return torch.stack(rows) if rows else torch.empty(0, dtype=torch.float64)
 
 
 def evaluate_batched(
@@ -105,27 +130,34 @@ def evaluate_batched(
     """Score members ``start .. start+count-1`` in population mode, ``chunk_size`` members per call (all of
     them when ``None``).
 
-    Each call of ``closure()`` (or ``fitness_fn(model)``) must return one value per member of its chunk; a
-    closure's losses are negated. ``perturbed`` maps ``id(param)`` to its noise and σ for every perturbed
-    parameter. Unused perturbed parameters are reported (a warning) after the first chunk.
+    Each call of ``closure()`` (or ``fitness_fn(model)``) must return one value per member of its chunk,
+    ``(K,)``, or one row per member, ``(K, P)`` (P scores each, e.g. one per prompt); a closure's losses are
+    negated. ``perturbed`` maps ``id(param)`` to its noise and σ for every perturbed parameter. Unused perturbed
+    parameters are reported (a warning) after the first chunk.
 
     Returns:
-        ``(count,)`` float64 scores.
+        ``(count,)`` or ``(count, P)`` float64 scores.
     """
     chunk = chunk_size or count
-    parts = []
+    what = "closure" if closure is not None else "fitness_fn"
+    parts: list[Tensor] = []
     for first in range(start, start + count, chunk):
         size = min(chunk, start + count - first)
         with population_mode(model, perturbed, first, size, population_size, antithetic, batch_dim) as pm:
             out = closure() if closure is not None else fitness_fn(model)  # type: ignore[misc]
         if first == start:
             pm.warn_unused()
-        values = torch.as_tensor(out.detach() if isinstance(out, Tensor) else out, dtype=torch.float64)
-        values = values.cpu().reshape(-1) if values.dim() <= 1 else values
-        if values.shape != (size,):
-            what = "closure" if closure is not None else "fitness_fn"
+        values = torch.as_tensor(out.detach() if isinstance(out, Tensor) else out, dtype=torch.float64).cpu()
+        values = values.reshape(-1) if values.dim() <= 1 else values
+        if values.shape[:1] != (size,) or values.dim() > 2:
             raise ValueError(
-                f"batched {what} must return {size} values (one per member), got shape {tuple(values.shape)}"
+                f"batched {what} must return {size} values (one per member) or a ({size}, P) matrix (one row per "
+                f"member), got shape {tuple(values.shape)}"
+            )
+        if parts and values.shape[1:] != parts[0].shape[1:]:
+            raise ValueError(
+                f"batched {what} returned rows of {tuple(values.shape[1:])} scores after {tuple(parts[0].shape[1:])}: "
+                "every call of a generation must give each member the same number of scores"
             )
         parts.append(-values if closure is not None else values)
     return parts[0] if len(parts) == 1 else torch.cat(parts)
@@ -133,12 +165,18 @@ def evaluate_batched(
 
 def evaluate_center(model: nn.Module, fitness_fn: FitnessFn, batched: bool) -> float:
     """``fitness_fn(model)`` of the unperturbed model; with ``batched`` inside a population of one member, so
-    that a fitness function written for population mode serves as it is."""
+    that a fitness function written for population mode serves as it is. A ``(1, P)`` row gives its mean."""
     with torch.no_grad():
         if batched:
             with announce(PopulationInfo(size=1, start=0, total=1)):
-                return as_score(fitness_fn(model), "fitness_fn")
-        return as_score(fitness_fn(model), "fitness_fn")
+                return float(as_row(fitness_fn(model), "fitness_fn").mean())
+        return float(as_row(fitness_fn(model), "fitness_fn").mean())
+
+
+def member_means(scores: Tensor) -> Tensor:
+    """Each member's score, ``(N,)``: ``scores`` itself, or the mean of a member's row of ``(N, P)`` scores
+    (the score that metrics and the best member use)."""
+    return scores.mean(dim=1) if scores.dim() == 2 else scores
 
 
 def check_scores(scores: Tensor, generation: int) -> Tensor:

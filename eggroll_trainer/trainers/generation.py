@@ -1,9 +1,11 @@
 r"""One generation of keyed-noise ES, up to (not including) the update.
 
 1. the noise of every perturbed parameter for this generation (``perturbations``);
-2. the scores $f_i$ of all $N$ members, each rank scoring its shard (``evaluation``, ``distributed``);
-3. the best member, rebuilt from $\theta$ before it moves (``best``);
-4. the shaped fitnesses $\tilde f = \mathrm{shape}(f)$ (``shaping``), the pair weights and
+2. the scores $f_i$ of all $N$ members, each rank scoring its shard (``evaluation``, ``distributed``):
+   ``(N,)``, or ``(N, P)`` when each member gets P scores (one per prompt);
+3. the best member, rebuilt from $\theta$ before it moves (``best``), by its mean score over P;
+4. the shaped fitnesses $\tilde f = \mathrm{shape}(f)$ (``shaping``: a callable sees the ``(N, P)`` matrix,
+   a built-in name its mean over P), the pair weights and
    $\hat g_j = \sum_k w_k E_{j,k} / (N\sigma_j)$ of every parameter — handed on as $-\hat g_j$, the gradient
    a ``torch.optim`` rule minimises along — checked finite (``estimate``).
 
@@ -25,9 +27,16 @@ from ..population import Perturbed
 from ..shaping import ShapingFn, shape_fitness
 from ..updates.estimate import check_finite, estimate, pair_weights, unproven
 from .best import best_member, rebuild_member
-from .evaluation import FitnessFn, check_scores, evaluate_batched, evaluate_sequential, scorer
+from .evaluation import (
+    FitnessFn,
+    check_scores,
+    evaluate_batched,
+    evaluate_sequential,
+    member_means,
+    member_scorer,
+)
 
-#: What a generation hands to the update: the ``(N,)`` scores and their finite mask, the new best member's
+#: What a generation hands to the update: the ``(N,)`` scores (means over P) and their finite mask, the new best member's
 #: ``(fitness, values)`` (or ``None``), and −ĝ per parameter (``None``: not updated).
 Generation = tuple[Tensor, Tensor, "tuple[float, list[Tensor]] | None", "list[Tensor | None]"]
 
@@ -74,14 +83,15 @@ def keyed_generation(
         best_fitness: the best score so far; a member that beats it is rebuilt (when ``run.track_best``).
         closure: the ``step(closure)`` loss, or ``None`` to call ``run.fitness_fn``.
     """
-    scores = evaluate_population(run, params, sigmas, noises, generation, closure)  # (N,) float64
+    matrix = evaluate_population(run, params, sigmas, noises, generation, closure)  # (N,) or (N, P) float64
+    scores = member_means(matrix)  # (N,): metrics and the best member
     finite = check_scores(scores, generation)
     best = None
     if run.track_best:
         member = best_member(scores, best_fitness)
         if member is not None:
             best = float(scores[member]), rebuild_member(params, noises, sigmas, member, run.antithetic)
-    shaped = shape_fitness(scores, run.shaping, run.group_size, run.elite_k)
+    shaped = shape_fitness(matrix, run.shaping, run.group_size, run.elite_k)
     weights = pair_weights(shaped, run.antithetic)  # (P,)
     n = run.population_size
     grads = estimate(params, noises, sigmas, weights, n, run.chunk_size, descent=True)  # −ĝ
@@ -97,13 +107,13 @@ def evaluate_population(
     generation: int,
     closure: Callable[[], Any] | None,
 ) -> Tensor:
-    """Scores of the whole population, ``(N,)`` float64 on the CPU; this rank evaluates its shard, one member
-    at a time or (``batched=True``) in population mode."""
+    """Scores of the whole population, ``(N,)`` or ``(N, P)`` float64 on the CPU; this rank evaluates its
+    shard, one member at a time or (``batched=True``) in population mode."""
     live = [(p, n, s) for p, n, s in zip(params, noises, sigmas) if n is not None]
 
     def evaluate(start: int, count: int) -> Tensor:
         if not run.batched:
-            score = scorer(run.model, run.fitness_fn, closure)
+            score = member_scorer(run.model, run.fitness_fn, closure)
             return evaluate_sequential(live, start, count, run.antithetic, score)
         return evaluate_batched(
             run.model, {id(p): Perturbed(n, s) for p, n, s in live}, start, count,
