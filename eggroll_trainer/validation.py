@@ -1,7 +1,7 @@
 """Argument checks of the trainers, run before anything is built (as ``torch.optim`` does before
 ``super().__init__``): bad input raises ``ValueError`` naming the argument, ``f"Invalid sigma: {sigma}"``.
 
-The update-rule keywords (``momentum``, ``betas``, …) are checked by ``update_rules.rule_defaults``, the fitness
+The update-rule keywords (``momentum``, ``betas``, …) are checked by ``updates.rules.rule_defaults``, the fitness
 shaping by ``shaping.resolve_shaping``.
 """
 
@@ -82,7 +82,7 @@ def check_arguments(
 
 def check_groups(param_groups: list[dict[str, Any]]) -> None:
     """Per-group settings, which may differ from the defaults: σ > 0, lr ≥ 0 (each group's update rule is
-    checked by ``update_rules.check_rule``)."""
+    checked by ``updates.rules.check_rule``)."""
     for group in param_groups:
         check(group["sigma"] > 0, f"Invalid sigma: {group['sigma']}")
         check(group["lr"] >= 0, f"Invalid learning rate: {group['lr']}")

@@ -3,7 +3,7 @@ evolution", PPSN XVI): normalised gradient steps with momentum and a speed limit
 
 One of the trainers' named update rules (``optimizer="clipup"``); usable on its own like any optimizer. Its public
 name is ``eggroll_trainer.updates.rules.ClipUp``, which is also the name a checkpoint records for
-``optimizer=ClipUp`` (see ``update_rules.describe_rule``).
+``optimizer=ClipUp`` (see ``updates.rules.describe_rule``).
 """
 
 from __future__ import annotations
