@@ -175,8 +175,8 @@ def shape_fitness(scores: Tensor, shaping: ShapingFn, group_size: int = 0, elite
     ``scores`` is ``(N,)`` or ``(N, P)``; a built-in shaping (``SHAPINGS``) sees each member's mean over P, any
     other callable the matrix itself. Returns ``(N,)`` weights."""
     clean = clean_scores(scores)
-    if clean.dim() == 2 and shaping in SHAPINGS.values():
-        clean = clean.mean(dim=1)
+    if shaping in SHAPINGS.values():
+        clean = member_means(clean)
     weights = shaping(clean)
     if weights.shape != clean.shape[:1]:
         raise ValueError(
@@ -193,18 +193,10 @@ def shape_fitness(scores: Tensor, shaping: ShapingFn, group_size: int = 0, elite
 PROMPT_SCALES = ("std", "rank", "none")
 
 
-def tied_centered_rank(scores: Tensor) -> Tensor:
-    r"""Centred ranks along dim 0, ``(N, …) -> (N, …)`` in [-0.5, 0.5], tied scores sharing their average rank.
-
-    Rank of $x_i$ among $N$: $\#\{j: x_j < x_i\} + (\#\{j: x_j = x_i\} - 1)/2$, divided by $N - 1$, minus ½;
-    all-equal scores give zeros. O(N²) comparisons per column (N ≤ a few thousand)."""
-    n = scores.shape[0]
-    if n == 1:
-        return torch.zeros_like(scores)
-    x = scores.unsqueeze(1)  # (N, 1, …) against (1, N, …)
-    below = (scores.unsqueeze(0) < x).sum(dim=1)  # (N, …): members scoring lower
-    equal = (scores.unsqueeze(0) == x).sum(dim=1)  # (N, …): itself included
-    return (below + (equal - 1) / 2).to(scores.dtype) / (n - 1) - 0.5
+def member_means(scores: Tensor) -> Tensor:
+    """Each member's score, ``(N,)``: ``scores`` itself, or the mean of a member's row of ``(N, P)`` scores
+    (the score that metrics, the best member and the built-in shapings use)."""
+    return scores.mean(dim=1) if scores.dim() == 2 else scores
 
 
 def prompt_baseline(scores: Tensor, scale: str = "std") -> Tensor:
@@ -225,7 +217,7 @@ def prompt_baseline(scores: Tensor, scale: str = "std") -> Tensor:
         scores: ``(N, P)`` rewards (an ``(N,)`` vector is one prompt). Non-finite ones rank worst within
             their prompt.
         scale: ``"std"`` (the formula above), ``"rank"`` ($a_{ip}$ = centred rank of $r_{ip}$ among the
-            members, ties averaged: ``tied_centered_rank``) or ``"none"`` ($a_{ip} = r_{ip} - \bar r_p$: the
+            members, ties averaged: ``centered_rank`` of each prompt) or ``"none"`` ($a_{ip} = r_{ip} - \bar r_p$: the
             z-score of the mean reward).
 
     Returns:
@@ -241,7 +233,7 @@ def prompt_baseline(scores: Tensor, scale: str = "std") -> Tensor:
     low = torch.where(finite, r, torch.inf).amin(dim=0, keepdim=True)  # (1, P) worst finite
     r = torch.where(finite, r, torch.nan_to_num(low, posinf=0.0) - 1.0)
     if scale == "rank":
-        advantages = tied_centered_rank(r)  # (N, P)
+        advantages = torch.stack([centered_rank(column) for column in r.T], dim=1)  # (N, P)
     else:
         advantages = r - r.mean(dim=0, keepdim=True)  # (N, P)
         if scale == "std":
@@ -260,7 +252,7 @@ def mirrored_sign(scores: Tensor) -> Tensor:
     -\tilde f_{2k}$: every pair moves θ by the same amount, towards its better member, and a tie moves
     nothing. Robust to outliers and to the scale of sparse rewards; ±1 has the unit RMS of ``zscore``.
     """
-    f = scores.mean(dim=1) if scores.dim() == 2 else scores
+    f = member_means(scores)
     n = f.numel()
     if n % 2:
         raise ValueError(f"mirrored_sign needs antithetic pairs: an even population, got N = {n}")

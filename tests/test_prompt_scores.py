@@ -12,7 +12,7 @@ import torch
 from conftest import make_data, make_model, params_of
 
 from eggroll_trainer import EGGROLLTrainer, current_population, zscore
-from eggroll_trainer.shaping import mirrored_sign, prompt_baseline, tied_centered_rank
+from eggroll_trainer.shaping import centered_rank, mirrored_sign, prompt_baseline
 
 X, Y = make_data(rows=8)
 N = 6
@@ -140,12 +140,10 @@ def test_a_shaping_that_returns_the_wrong_shape_raises() -> None:
 
 
 # ------------------------------------------------------------------ the shapings for sparse rewards
-def test_tied_centered_rank_by_hand() -> None:
+def test_centered_rank_averages_ties_by_hand() -> None:
     t = torch.tensor([1.0, 1.0, 0.0, 2.0], dtype=torch.float64)
-    torch.testing.assert_close(
-        tied_centered_rank(t), torch.tensor([0.0, 0.0, -0.5, 0.5], dtype=torch.float64)
-    )
-    assert torch.all(tied_centered_rank(torch.ones(5)) == 0)
+    torch.testing.assert_close(centered_rank(t), torch.tensor([0.0, 0.0, -0.5, 0.5], dtype=torch.float64))
+    assert torch.all(centered_rank(torch.ones(5)) == 0)
 
 
 def test_prompt_baseline_nonfinite_ranks_worst_within_its_prompt() -> None:

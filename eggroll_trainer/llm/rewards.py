@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..shaping import member_means
 from .fitness import members_now
 
 __all__ = [
@@ -207,7 +208,7 @@ class MultiReward:
         if self.is_model_reward:
             outs = [w * torch.as_tensor(r(*args), dtype=torch.float64) for r, w in self.parts]
             if len({o.dim() for o in outs}) > 1:  # (K,) and (K, b) parts: compare member means
-                outs = [o.mean(dim=1) if o.dim() == 2 else o for o in outs]
+                outs = [member_means(o) for o in outs]
             return sum(outs)
         prompts, completions = args
         total = [0.0] * len(completions)

@@ -173,12 +173,6 @@ def evaluate_center(model: nn.Module, fitness_fn: FitnessFn, batched: bool) -> f
         return float(as_row(fitness_fn(model), "fitness_fn").mean())
 
 
-def member_means(scores: Tensor) -> Tensor:
-    """Each member's score, ``(N,)``: ``scores`` itself, or the mean of a member's row of ``(N, P)`` scores
-    (the score that metrics and the best member use)."""
-    return scores.mean(dim=1) if scores.dim() == 2 else scores
-
-
 def check_scores(scores: Tensor, generation: int) -> Tensor:
     """The finite mask of a generation's ``(N,)`` scores.
 

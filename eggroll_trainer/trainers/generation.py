@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from .. import distributed
 from ..noise.params import ParamNoise
 from ..population import Perturbed
-from ..shaping import ShapingFn, shape_fitness
+from ..shaping import ShapingFn, member_means, shape_fitness
 from ..updates.estimate import check_finite, estimate, pair_weights, unproven
 from .best import best_member, rebuild_member
 from .evaluation import (
@@ -32,7 +32,6 @@ from .evaluation import (
     check_scores,
     evaluate_batched,
     evaluate_sequential,
-    member_means,
     member_scorer,
 )
 
