@@ -69,7 +69,7 @@ def train_grpo(args: argparse.Namespace) -> None:
     order = rng.sample(train_pairs, len(train_pairs))
     dataset = datasets.Dataset.from_dict({"prompt": [task.prompt(a, b) for a, b in order]})
     evaluator = RewardFitness(tok, task.reward, 5)
-    subset = heldout_pairs[:64]
+    subset = heldout_pairs[: args.eval_subset]
     acc_before = task.heldout_accuracy(evaluator, model, heldout_pairs)[0]
     eval_s = time.perf_counter() - start - load_s
     curve = [
@@ -126,7 +126,7 @@ def train_grpo(args: argparse.Namespace) -> None:
     summary = dict(
         method="GRPO (TRL, LoRA)", lr=args.lr, group=args.group, prompts_per_step=args.prompts, lora_rank=args.lora_rank,
         accuracy_before=acc_before, accuracy_after=acc_after, accuracy_gain=acc_after - acc_before,
-        steps=trainer.state.global_step, load_s=load_s, wall_time_s=wall_s, train_time_s=train_s,
+        eval_subset=args.eval_subset, steps=trainer.state.global_step, load_s=load_s, wall_time_s=wall_s, train_time_s=train_s,
         generated_tokens=tokens[0], tokens_per_train_s=tokens[0] / max(time.perf_counter() - train_start, 1e-9),
         peak_rss_mb=peak_rss_mb(), threads=torch.get_num_threads(), budget=args.budget, seed=args.seed,
     )  # fmt: skip
@@ -151,13 +151,31 @@ def grpo_run(folder: Path) -> tuple[dict, list[tuple[float, float]]]:
         return summary, [(float(r["wall_s"]), float(r["heldout_subset"])) for r in csv.DictReader(fh)]
 
 
+def seed_summary(runs: list[tuple[str, dict, list]]) -> list[str]:
+    """A line under the table: the ES seeds' mean gain ± standard deviation, and the one-shot baseline."""
+    es = [s for label, s, _ in runs if label.startswith("ES")]
+    if not es:
+        return []
+    gains = torch.tensor([100 * s["accuracy_gain"] for s in es], dtype=torch.float64)
+    spread = f" ± {gains.std():.1f} (sd)" if len(es) > 1 else ""
+    oneshot = [
+        s["accuracy_oneshot_base"]
+        for s in es
+        if s.get("accuracy_oneshot_base") == s.get("accuracy_oneshot_base")
+    ]
+    line = f"ES over {len(es)} seed(s): gain {gains.mean():+.1f}{spread} points"
+    if oneshot:
+        line += f"; the base model with a one-shot prompt: {100 * oneshot[0]:.1f} %"
+    return [line + ".", ""]
+
+
 def compare(args: argparse.Namespace) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = [("ES (EGGROLL, " + Path(f).name + ")", *es_run(Path(f))) for f in args.es]
+    runs = [(f"ES (EGGROLL, seed {s['args']['seed']})", s, c) for s, c in map(es_run, map(Path, args.es))]
     runs += [
         (f"GRPO (TRL+LoRA, lr {s['lr']:g}, G {s['group']})", s, c)
         for s, c in map(grpo_run, map(Path, args.grpo))
@@ -165,15 +183,18 @@ def compare(args: argparse.Namespace) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     rows = []
     for label, summary, curve in runs:
-        ax.plot([t / 60 for t, _ in curve], [a for _, a in curve], "o-", ms=3, label=label)
+        (line,) = ax.plot([t / 60 for t, _ in curve], [a for _, a in curve], "o-", ms=3, label=label)
+        ax.plot(summary["wall_time_s"] / 60, summary["accuracy_after"], "*", ms=10, color=line.get_color())
         tokens = summary["generated_tokens"] / max(summary["train_time_s"] - summary["load_s"], 1e-9)
+        updates = summary.get("generations", summary.get("steps"))
+        threads = summary.get("torch_threads", summary.get("threads"))
         rows.append(
             (label, f"{100 * summary['accuracy_before']:.1f} %", f"{100 * summary['accuracy_after']:.1f} %",
-             f"{100 * summary['accuracy_gain']:+.1f}", f"{summary['wall_time_s']:.0f}", f"{tokens:.2f}",
-             f"{summary['peak_rss_mb']:.0f}")
+             f"{100 * summary['accuracy_gain']:+.1f}", updates, f"{summary['wall_time_s']:.0f}", threads,
+             f"{tokens:.0f}", f"{summary['peak_rss_mb']:.0f}")
         )  # fmt: skip
     ax.set_xlabel("wall time (min, loading included)")
-    ax.set_ylabel("held-out exact match (64-pair subset)")
+    ax.set_ylabel("held-out exact match (subset; ★ all 512 at the end)")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -183,7 +204,22 @@ def compare(args: argparse.Namespace) -> None:
     write_csv(
         RESULTS / f"{args.out}.csv",
         [
-            dict(zip(["method", "before", "after", "gain", "wall_s", "tokens_per_s", "peak_rss_mb"], r))
+            dict(
+                zip(
+                    [
+                        "method",
+                        "before",
+                        "after",
+                        "gain",
+                        "updates",
+                        "wall_s",
+                        "threads",
+                        "tokens_per_s",
+                        "peak_rss_mb",
+                    ],
+                    r,
+                )
+            )
             for r in rows
         ],
     )
@@ -198,13 +234,16 @@ def compare(args: argparse.Namespace) -> None:
                     "held-out before",
                     "after",
                     "gain (points)",
+                    "updates",
                     "wall s",
+                    "threads",
                     "generated tokens/s (training)",
                     "peak RSS (MB)",
                 ],
                 rows,
             ),
             "",
+            *seed_summary(runs),
             *([args.note, ""] if args.note else []),
             "`python benchmarks/llm_vs_grpo.py compare --es "
             + " ".join(args.es)
@@ -229,6 +268,7 @@ def main() -> None:
     grpo.add_argument("--prompts", type=int, default=4, help="prompts per step")
     grpo.add_argument("--lora-rank", type=int, default=16)
     grpo.add_argument("--eval-every", type=int, default=10)
+    grpo.add_argument("--eval-subset", type=int, default=128, help="held-out pairs on the curve")
     grpo.add_argument("--threads", type=int, default=2)
     grpo.add_argument("--seed", type=int, default=0)
     grpo.add_argument("--name", default="grpo")

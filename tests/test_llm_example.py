@@ -47,7 +47,12 @@ def test_example_reward_and_task() -> None:
     train, heldout = ex.make_task(256)
     assert len(train) + len(heldout) == 90 * 90 and not set(train) & set(heldout)
     prompts = [ex.prompt(17, 25)] * 5
-    assert ex.reward(prompts, [" 42\n", " 42", " 52.", " 142", " forty"]) == [1.0, 1.0, 0.25, 1 / 3, 0.0]
+    completions = [" 42\n", " 42", " 52.", " 142", " forty"]
+    assert ex.reward(prompts, completions) == [1.0, 1.0, 0.25, 1 / 3, 0.0]
+    # the distance variant adds closeness: a near miss (52 for 42) beats a wrong length with the right tail (142)
+    near, tail = 0.25 * 0.5 + 0.25 * (1 - 10 / 42), 0.25 * (2 / 3) + 0.0
+    assert ex.reward_distance(prompts, completions) == pytest.approx([1.0, 1.0, near, tail, 0.0])
+    assert ex.reward_distance(prompts, completions)[2] > ex.reward_distance(prompts, completions)[3]
 
 
 @pytest.mark.smollm2
