@@ -78,7 +78,10 @@ def test_tune_saves_model_adapter_metrics_and_curve(
     from peft import PeftModel
 
     out = tmp_path / "run"
-    assert tune(tiny, files, out, "--target-modules", "q_proj", "v_proj", "--adapter-rank", "8") == 0
+    assert (
+        tune(tiny, files, out, "--target-modules", "q_proj", "v_proj", "--adapter-rank", "8", "--rank", "1")
+        == 0
+    )
     assert [r["generation"] for r in records(out)] == [1, 2]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["perturbed"] == [
@@ -104,7 +107,9 @@ def test_tune_sequential_equals_batched(tiny: Path, files: dict[str, Path], tmp_
 
 
 def test_resume_continues_bit_identically(tiny: Path, files: dict[str, Path], tmp_path: Path) -> None:
-    common = ("--adapter-rank", "0", "--optimizer", "adam", "--save-every", "1")
+    # a run extended past its --generations: bit-identical only at a constant lr (a cosine decay spans the
+    # generations asked for; the Ctrl-C test below resumes under the default cosine decay)
+    common = ("--adapter-rank", "0", "--optimizer", "adam", "--save-every", "1", "--lr-decay", "none")
     assert tune(tiny, files, tmp_path / "whole", *common, "--generations", "4") == 0
     assert tune(tiny, files, tmp_path / "part", *common, "--generations", "2") == 0
     assert main(["tune", "--resume", str(tmp_path / "part"), "--generations", "4", "--quiet"]) == 0
@@ -182,6 +187,25 @@ def test_info_prints_counts_and_memory_without_a_tokenizer(tiny: Path, tmp_path:
     assert "KV cache" in proc.stdout and "trainer: theta_0 (CPU)" in proc.stdout
 
 
+def test_lr_schedule_is_a_cosine_from_lr_to_the_floor() -> None:
+    from eggroll_trainer.llm import lr_schedule
+
+    lrs = [lr_schedule(1e-4, g, 10, "cosine", 0.1) for g in range(11)]
+    assert (
+        lrs[0] == pytest.approx(1e-4) and lrs[5] == pytest.approx(0.55e-4) and lrs[10] == pytest.approx(1e-5)
+    )
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))
+    assert lr_schedule(1e-4, 20, 10, "cosine", 0.1) == pytest.approx(1e-5)  # past the end: the floor
+    assert lr_schedule(1e-4, 7, 10, "none") == 1e-4
+    with pytest.raises(ValueError, match="Invalid lr_decay"):
+        lr_schedule(1e-4, 0, 10, "linear")
+
+
+def test_tune_logs_the_decayed_lr(tiny: Path, files: dict[str, Path], tmp_path: Path) -> None:
+    assert tune(tiny, files, tmp_path / "o", "--adapter-rank", "0", "--generations", "3") == 0
+    assert [r["lr"] for r in records(tmp_path / "o")] == pytest.approx([0.05, 0.05 * 0.775, 0.05 * 0.325])
+
+
 def test_bad_input(tiny: Path, files: dict[str, Path], tmp_path: Path, capsys) -> None:
     (tmp_path / "bad.py").write_text("x = 1\n")
     assert tune(tiny, {**files, "reward": tmp_path / "bad.py"}, tmp_path / "o") == 2
@@ -192,6 +216,8 @@ def test_bad_input(tiny: Path, files: dict[str, Path], tmp_path: Path, capsys) -
     assert "no prompt column 'nope'" in capsys.readouterr().err
     assert main(["tune", "--resume", str(tmp_path / "nothing")]) == 2
     assert "holds no args.json" in capsys.readouterr().err
+    assert tune(tiny, files, tmp_path / "o", "--lr-floor", "2") == 2
+    assert "Invalid lr_floor" in capsys.readouterr().err
 
 
 def test_every_option_is_documented_and_help_has_examples(capsys) -> None:

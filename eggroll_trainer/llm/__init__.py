@@ -21,11 +21,12 @@ from .memory import generation_memory
 from .models import load_causal_lm, save_model, select_targets
 from .rewards import CustomReward, MultiReward, PerplexityReward, TextReward, as_reward
 from .sampling import PairedSampling
-from .tune import Tuner, tune
+from .tune import Tuner, lr_schedule, tune
 
 __all__ = [
     "tune",
     "Tuner",
+    "lr_schedule",
     "as_reward",
     "TextReward",
     "CustomReward",

@@ -44,7 +44,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         "--target-regex", default="", help="a regex the whole module name must match (wins over the list)"
     )
     p.add_argument("--population", type=int, default=32, help="population size N (default: 32)")
-    p.add_argument("--rank", type=int, default=1, help="rank r of each member's perturbation (default: 1)")
+    p.add_argument("--rank", type=int, default=4, help="rank r of each member's perturbation (default: 4)")
     p.add_argument(
         "--prompts-per-step", type=int, default=8, help="P, prompts every member answers (default: 8)"
     )
@@ -83,7 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--eval-every", type=int, default=0, help="evaluate every K generations (0: at the end only)"
     )
     t.add_argument("--sigma", type=float, default=5e-3, help="noise scale (default: 5e-3)")
-    t.add_argument("--lr", type=float, default=2e-5, help="learning rate (default: 2e-5)")
+    t.add_argument("--lr", type=float, default=1e-4, help="learning rate (default: 1e-4)")
+    t.add_argument(
+        "--lr-decay", default="cosine", choices=["cosine", "none"],
+        help="cosine: the lr falls to --lr-floor x lr over --generations (default: cosine)",
+    )  # fmt: skip
+    t.add_argument(
+        "--lr-floor", type=float, default=0.1, help="final lr as a fraction of --lr (default: 0.1)"
+    )
     t.add_argument("--generations", type=int, default=None, help="generations G in all (default: 100)")
     t.add_argument("--noise-reuse", type=int, default=1, help="generations per noise draw (default: 1)")
     t.add_argument("--scale", default="std", choices=["std", "none"], help="per-prompt baseline scaling")
@@ -181,7 +188,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     out = Path(args.output)
     tuner = Tuner(
         model, tokenizer, reward, data, eval_data=held, output=out, target_modules=_targets(args),
-        population=args.population, rank=args.rank, sigma=args.sigma, lr=args.lr, optimizer=args.optimizer,
+        population=args.population, rank=args.rank, sigma=args.sigma, lr=args.lr, lr_decay=args.lr_decay,
+        lr_floor=args.lr_floor, optimizer=args.optimizer,
         prompts_per_step=args.prompts_per_step, max_new_tokens=args.max_new_tokens, noise_reuse=args.noise_reuse,
         scale=args.scale, sequential=args.sequential, chunk_size=args.chunk_size, seed=args.seed,
         temperature=args.temperature, top_p=args.top_p, eval_every=args.eval_every, save_every=args.save_every,
@@ -215,7 +223,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         if not saved.is_file():
             raise ValueError(f"Invalid resume: {args.resume} holds no args.json (not an eggroll tune output)")
         tune_parser = parser._subparsers._group_actions[0].choices["tune"]  # type: ignore[union-attr]
-        tune_parser.set_defaults(**{**json.loads(saved.read_text()), "output": args.resume})
+        # a run saved before --lr-decay existed kept its lr constant
+        saved_args = {"lr_decay": "none", **json.loads(saved.read_text())}
+        tune_parser.set_defaults(**{**saved_args, "output": args.resume})
         args = parser.parse_args(argv)
     return args
 

@@ -7,7 +7,7 @@
 
 Each generation: the next ``prompts_per_step`` prompts ([`batch_indices`][eggroll_trainer.llm.data.batch_indices]),
 one EGGROLL step (rank-r members, every member answering every prompt; ``freeze_nonlora=True``;
-``track_best=False``), a line of ``metrics.jsonl``; every ``eval_every`` generations the greedy reward of the
+``track_best=False``) at the learning rate of ``lr_schedule``, a line of ``metrics.jsonl``; every ``eval_every`` generations the greedy reward of the
 unperturbed model on held-out prompts; every ``save_every`` a checkpoint. Ctrl-C finishes restoring the weights,
 saves a checkpoint and returns (``interrupted``). The results (``summary.json``, metrics, curve) are written
 before the model, whose saving could fail. Under ``torchrun`` the population is sharded over the ranks (every
@@ -17,6 +17,7 @@ rank holds the model and computes the same held-out reward); only rank 0 writes.
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,28 @@ from .models import save_model, select_targets
 from .rewards import as_reward, is_model_reward
 from .sampling import PairedSampling
 
-__all__ = ["Tuner", "tune"]
+__all__ = ["Tuner", "lr_schedule", "tune"]
+
+#: The learning-rate decays ``Tuner(lr_decay=...)`` knows.
+LR_DECAYS = ("none", "cosine")
+
+
+def lr_schedule(
+    lr: float, generation: int, generations: int, decay: str = "cosine", floor: float = 0.1
+) -> float:
+    r"""The learning rate of generation ``generation`` (0-based) of ``generations``.
+
+    ``cosine``: $\eta_g = \eta\,\bigl(f + (1 - f)\,\tfrac12(1 + \cos(\pi g / G))\bigr)$, from $\eta$ down to
+    $f\eta$ at $g = G$; ``none``: $\eta$. A pure function of the generation, so a resumed run takes the same
+    steps as an uninterrupted one. With a constant lr of 1e-4 the SmolLM2 addition run first rose, then
+    degraded (docs/examples/llm.md): the decay lets the mean settle.
+    """
+    if decay == "none":
+        return lr
+    if decay != "cosine":
+        raise ValueError(f"Invalid lr_decay: {decay!r} (expected one of {LR_DECAYS})")
+    done = min(1.0, generation / max(generations, 1))
+    return lr * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * done)))
 
 
 class Tuner:
@@ -50,12 +72,16 @@ class Tuner:
 
     def __init__(
         self, model: Any, tokenizer: Any, reward: Any, data: Any, *, eval_data: Any = None,
-        output: str | Path | None = None, target_modules: Any = "all-linear", population: int = 32, rank: int = 1,
-        sigma: float = 5e-3, lr: float = 2e-5, optimizer: str = "sgd", prompts_per_step: int = 8,
+        output: str | Path | None = None, target_modules: Any = "all-linear", population: int = 32, rank: int = 4,
+        sigma: float = 5e-3, lr: float = 1e-4, lr_decay: str = "cosine", lr_floor: float = 0.1,
+        optimizer: str = "sgd", prompts_per_step: int = 8,
         max_new_tokens: int = 16, noise_reuse: int = 1, scale: str = "std", sequential: bool = False,
         chunk_size: int = 0, seed: int = 0, temperature: float = 0.0, top_p: float = 1.0, eval_every: int = 0,
         save_every: int = 0, adapter_rank: int = 16, progress: bool = False, model_name: str | None = None,
     ) -> None:  # fmt: skip
+        lr_schedule(lr, 0, 1, lr_decay, lr_floor)  # validates lr_decay
+        if not 0.0 <= lr_floor <= 1.0:
+            raise ValueError(f"Invalid lr_floor: {lr_floor} (expected a fraction of lr in [0, 1])")
         if scale not in ("std", "none"):
             raise ValueError(f"Invalid scale: {scale!r} (expected 'std' or 'none')")
         if eval_every and eval_data is None:
@@ -69,7 +95,8 @@ class Tuner:
         self.eval_data = None if eval_data is None else load_prompts(eval_data)
         batch_indices(len(self.data), prompts_per_step, seed, 0)  # validates prompts_per_step
         self.options = dict(
-            population=population, rank=rank, sigma=sigma, lr=lr, optimizer=optimizer, noise_reuse=noise_reuse,
+            population=population, rank=rank, sigma=sigma, lr=lr, lr_decay=lr_decay, lr_floor=lr_floor,
+            optimizer=optimizer, noise_reuse=noise_reuse,
             prompts_per_step=prompts_per_step, max_new_tokens=max_new_tokens, scale=scale, seed=seed,
             temperature=temperature, top_p=top_p, eval_every=eval_every, save_every=save_every,
             adapter_rank=adapter_rank, target_modules=target_modules, sequential=sequential, chunk_size=chunk_size,
@@ -88,6 +115,7 @@ class Tuner:
             track_best=False,
         )  # fmt: skip
         self.metrics: list[dict[str, Any]] = []
+        self.generations = 0  # the run's length, which the lr decay spans (set by run)
         self.writes = distributed.world()[0] == 0 and self.output is not None
 
     # ------------------------------------------------------------------------------ the fitness
@@ -122,8 +150,12 @@ class Tuner:
         self._set_batch(self.fitness, self.data.batch(rows))
         if self.sampler is not None:
             self.sampler.generation = g
+        lr = lr_schedule(self.options["lr"], g, self.generations or g + 1, self.options["lr_decay"],
+                         self.options["lr_floor"])  # fmt: skip
+        for group in self.trainer.param_groups:
+            group["lr"] = lr
         out = self.trainer.step()
-        record = {"generation": out["generation"], "mean_reward": out["mean_fitness"],
+        record = {"generation": out["generation"], "lr": lr, "mean_reward": out["mean_fitness"],
                   "best_reward": out["best_fitness"], "std_reward": out["std_fitness"]}  # fmt: skip
         every = self.options["eval_every"]
         if every and (out["generation"] % every == 0):
@@ -158,6 +190,7 @@ class Tuner:
     def run(self, generations: int) -> dict[str, Any]:
         """Train until ``generations`` generations are done (counting resumed ones); write the results."""
         start, interrupted = time.perf_counter(), False
+        self.generations = generations
         bar = tqdm(total=generations, initial=self.trainer.generation, disable=not (self.progress and self.writes),
                    desc="generations")  # fmt: skip
         try:
