@@ -34,7 +34,12 @@ def flags(recorded: dict) -> str:
     recorded = {"partial_credit": "digits", **recorded}  # runs from before --partial-credit had only digits
     out = []
     for key, value in recorded.items():
-        if key in BOOKKEEPING or key not in defaults or defaults[key] == value:
+        same = (
+            tuple(value) == tuple(defaults[key])
+            if isinstance(value, list | tuple)
+            else defaults.get(key) == value
+        )
+        if key in BOOKKEEPING or key not in defaults or same:
             continue
         value = " ".join(value) if isinstance(value, list | tuple) else value
         out.append(f"--{key.replace('_', '-')} {value}")

@@ -83,7 +83,7 @@ def train_grpo(args: argparse.Namespace) -> None:
 
     def reward(prompts, completions, completion_ids=None, **_):
         tokens[0] += sum(len(c) for c in completion_ids) if completion_ids is not None else 0
-        return task.reward(prompts, completions)
+        return task.REWARDS[args.partial_credit](prompts, completions)
 
     deadline = start + args.budget - 1.2 * eval_s
 
@@ -124,7 +124,7 @@ def train_grpo(args: argparse.Namespace) -> None:
     acc_after = task.heldout_accuracy(evaluator, tuned, heldout_pairs)[0]
     wall_s = time.perf_counter() - start
     summary = dict(
-        method="GRPO (TRL, LoRA)", lr=args.lr, group=args.group, prompts_per_step=args.prompts, lora_rank=args.lora_rank,
+        method="GRPO (TRL, LoRA)", partial_credit=args.partial_credit, lr=args.lr, group=args.group, prompts_per_step=args.prompts, lora_rank=args.lora_rank,
         accuracy_before=acc_before, accuracy_after=acc_after, accuracy_gain=acc_after - acc_before,
         eval_subset=args.eval_subset, steps=trainer.state.global_step, load_s=load_s, wall_time_s=wall_s, train_time_s=train_s,
         generated_tokens=tokens[0], tokens_per_train_s=tokens[0] / max(time.perf_counter() - train_start, 1e-9),
@@ -175,9 +175,20 @@ def compare(args: argparse.Namespace) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = [(f"ES (EGGROLL, seed {s['args']['seed']})", s, c) for s, c in map(es_run, map(Path, args.es))]
+    def credit(summary: dict) -> str:  # the reward variant, when it is not the default
+        value = summary.get("partial_credit", summary.get("args", {}).get("partial_credit", "digits"))
+        return "" if value == "digits" else f", {value} reward"
+
+    runs = [
+        (f"ES (EGGROLL, seed {s['args']['seed']}{credit(s)})", s, c)
+        for s, c in map(es_run, map(Path, args.es))
+    ]
     runs += [
-        (f"GRPO (TRL+LoRA, lr {s['lr']:g}, G {s['group']})", s, c)
+        (
+            f"GRPO (TRL+LoRA, lr {s['lr']:g}, G {s['group']} x {s['prompts_per_step']} prompts{credit(s)})",
+            s,
+            c,
+        )
         for s, c in map(grpo_run, map(Path, args.grpo))
     ]
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -267,6 +278,9 @@ def main() -> None:
     grpo.add_argument("--group", type=int, default=8, help="completions per prompt (num_generations)")
     grpo.add_argument("--prompts", type=int, default=4, help="prompts per step")
     grpo.add_argument("--lora-rank", type=int, default=16)
+    grpo.add_argument(
+        "--partial-credit", default="digits", choices=list(task.REWARDS), help="the example's reward variant"
+    )
     grpo.add_argument("--eval-every", type=int, default=10)
     grpo.add_argument("--eval-subset", type=int, default=128, help="held-out pairs on the curve")
     grpo.add_argument("--threads", type=int, default=2)

@@ -2,38 +2,56 @@
 # Issue 22's table: ES (examples/llm_finetune.py, the example's defaults) on 3 seeds, side by side with TRL's
 # GRPO (LoRA) at 3 settings, each run 30 minutes of wall time (loading and 512-pair evaluations included).
 #
-#     bash benchmarks/llm_vs_grpo.sh [BUDGET_S]     # 3 slots of BUDGET_S (default 1800): ~95 minutes
+#     bash benchmarks/llm_vs_grpo.sh [BUDGET_S]            # 3 slots of BUDGET_S (default 1800): ~95 minutes
+#     bash benchmarks/llm_vs_grpo.sh [BUDGET_S] distance   # 1 slot: both methods on the distance reward
 #
 # Each slot runs one ES seed and one GRPO setting at the same time, each with ONE torch thread, so the two
 # methods always share the same 2-core machine under the same load (a fair side-by-side; each run has half
 # the machine, so a single run with 2 threads would go further in the same time). Nothing else should run.
-# Outputs: runs/llm_table/{es_seed*,grpo_*}/, then benchmarks/results/llm_vs_grpo.{md,csv} and
-# docs/assets/llm_vs_grpo.png (held-out curves of all six runs on one plot).
+# Outputs: runs/llm_table/{es_*,grpo_*}/, then benchmarks/results/llm_vs_grpo[_distance].{md,csv} and
+# docs/assets/llm_vs_grpo[_distance].png (held-out curves of the slots' runs on one plot).
 # Needs trl and peft: pip install -e ".[llm,bench]"
 set -eu
 cd "$(dirname "$0")/.."
 BUDGET=${1:-1800}
+CREDIT=${2:-digits}
 PY=${PYTHON:-.venv/bin/python}
 DIR=runs/llm_table
 mkdir -p "$DIR"
-# GRPO settings, one per slot: learning rate, completions per prompt (group), prompts per step
-GRPO=("1e-4 8 4" "5e-4 8 4" "2e-4 16 2")
 ES=()
 GR=()
-for slot in 0 1 2; do
-  read -r lr group prompts <<<"${GRPO[$slot]}"
-  name=grpo_lr${lr}_g${group}_p${prompts}
-  echo "slot $slot ($(date -u +%H:%M) UTC): ES seed $slot | GRPO lr $lr group $group prompts $prompts; load $(cut -d' ' -f1-3 /proc/loadavg)"
-  $PY examples/llm_finetune.py --threads 1 --seed "$slot" --time-budget "$BUDGET" --eval-every 20 \
-    --eval-subset 128 --output-dir "$DIR/es_seed$slot" >"$DIR/es_seed$slot.log" 2>&1 &
-  es_pid=$!
+
+# run_slot SEED "LR GROUP PROMPTS": one ES seed and one GRPO setting side by side, one thread each
+run_slot() {
+  local seed=$1 lr group prompts suffix es_name grpo_name
+  read -r lr group prompts <<<"$2"
+  suffix=$([[ $CREDIT == digits ]] && echo "" || echo "_$CREDIT")
+  es_name=es${suffix}_seed$seed
+  grpo_name=grpo${suffix}_lr${lr}_g${group}_p${prompts}
+  echo "$(date -u +%H:%M) UTC: ES seed $seed | GRPO lr $lr group $group prompts $prompts | $CREDIT reward;" \
+    "load $(cut -d' ' -f1-3 /proc/loadavg)"
+  $PY examples/llm_finetune.py --threads 1 --seed "$seed" --partial-credit "$CREDIT" --time-budget "$BUDGET" \
+    --eval-every 20 --eval-subset 128 --output-dir "$DIR/$es_name" >"$DIR/$es_name.log" 2>&1 &
+  local es_pid=$!
   $PY benchmarks/llm_vs_grpo.py grpo --threads 1 --seed 0 --budget "$BUDGET" --lr "$lr" --group "$group" \
-    --prompts "$prompts" --eval-every 25 --eval-subset 128 --name "llm_table/$name" >"$DIR/$name.log" 2>&1 &
-  grpo_pid=$!
-  wait $es_pid || echo "ES seed $slot failed: see $DIR/es_seed$slot.log"
-  wait $grpo_pid || echo "GRPO $name failed: see $DIR/$name.log"
-  ES+=("$DIR/es_seed$slot")
-  GR+=("runs/llm_table/$name")
-done
-$PY benchmarks/llm_vs_grpo.py compare --es "${ES[@]}" --grpo "${GR[@]}" --out llm_vs_grpo \
-  --note "Each slot ran one ES seed and one GRPO setting side by side, one torch thread each, ${BUDGET} s each (bash benchmarks/llm_vs_grpo.sh)."
+    --prompts "$prompts" --partial-credit "$CREDIT" --eval-every 25 --eval-subset 128 \
+    --name "llm_table/$grpo_name" >"$DIR/$grpo_name.log" 2>&1 &
+  local grpo_pid=$!
+  wait $es_pid || echo "ES failed: see $DIR/$es_name.log"
+  wait $grpo_pid || echo "GRPO failed: see $DIR/$grpo_name.log"
+  ES+=("$DIR/$es_name")
+  GR+=("$DIR/$grpo_name")
+}
+
+if [[ $CREDIT == digits ]]; then
+  # GRPO settings, one per slot: learning rate, completions per prompt (group), prompts per step
+  run_slot 0 "1e-4 8 4"
+  run_slot 1 "5e-4 8 4"
+  run_slot 2 "2e-4 16 2"
+  OUTNAME=llm_vs_grpo
+else
+  run_slot 0 "1e-4 8 4"  # GRPO's best setting on the digits reward
+  OUTNAME=llm_vs_grpo_$CREDIT
+fi
+$PY benchmarks/llm_vs_grpo.py compare --es "${ES[@]}" --grpo "${GR[@]}" --out "$OUTNAME" \
+  --note "Each slot ran one ES seed and one GRPO setting side by side, one torch thread each, ${BUDGET} s each (bash benchmarks/llm_vs_grpo.sh $BUDGET $CREDIT). The caption's load average is at the time of compare."
