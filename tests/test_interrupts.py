@@ -14,6 +14,15 @@ from eggroll_trainer import ESTrainer
 from eggroll_trainer.trainers.interrupts import defer_keyboard_interrupt
 
 
+@pytest.fixture(autouse=True)
+def python_handles_sigint():
+    """Python's own Ctrl-C handler, as in a terminal: a suite launched in the background (``nohup … &``)
+    inherits SIGINT ignored, and these tests are about the handler, not about how the suite was started."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def test_sigint_is_deferred_to_the_end_of_the_block():
     reached = []
     with pytest.raises(KeyboardInterrupt):

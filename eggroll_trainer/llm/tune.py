@@ -115,7 +115,7 @@ class Tuner:
             track_best=False,
         )  # fmt: skip
         self.metrics: list[dict[str, Any]] = []
-        self.generations = 0  # the run's length, which the lr decay spans (set by run)
+        self.generations = 0  # the run's length, which the lr decay spans (set by run; 0: a constant lr)
         self.writes = distributed.world()[0] == 0 and self.output is not None
 
     # ------------------------------------------------------------------------------ the fitness
@@ -150,8 +150,9 @@ class Tuner:
         self._set_batch(self.fitness, self.data.batch(rows))
         if self.sampler is not None:
             self.sampler.generation = g
-        lr = lr_schedule(self.options["lr"], g, self.generations or g + 1, self.options["lr_decay"],
-                         self.options["lr_floor"])  # fmt: skip
+        # the decay spans run(generations); step() on its own, with no length known, keeps the lr
+        decay = self.options["lr_decay"] if self.generations else "none"
+        lr = lr_schedule(self.options["lr"], g, self.generations, decay, self.options["lr_floor"])
         for group in self.trainer.param_groups:
             group["lr"] = lr
         out = self.trainer.step()
