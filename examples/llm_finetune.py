@@ -45,6 +45,7 @@ import tyro
 from eggroll_trainer import EGGROLLTrainer
 from eggroll_trainer.llm.fitness import PromptBaseline, RewardFitness
 from eggroll_trainer.llm.models import load_causal_lm, save_model, select_targets
+from eggroll_trainer.llm.tune import lr_schedule
 from eggroll_trainer.shaping import mirrored_sign
 
 
@@ -325,9 +326,10 @@ def main() -> None:
     if args.lr_decay == "cosine":  # over the generations if counted, else over the training time
         floor, span = args.lr_floor, max(deadline - train_start, 1e-9)
 
-        def factor(step: int) -> float:
-            done = step / args.generations if args.generations else (time.perf_counter() - train_start) / span
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
+        def factor(step: int) -> float:  # the library's cosine, over generations or seconds
+            if args.generations:
+                return lr_schedule(1.0, step, args.generations, "cosine", floor)
+            return lr_schedule(1.0, time.perf_counter() - train_start, span, "cosine", floor)
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(trainer, factor)
     elif args.lr_decay != "none":

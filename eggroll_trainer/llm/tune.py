@@ -41,9 +41,10 @@ LR_DECAYS = ("none", "cosine")
 
 
 def lr_schedule(
-    lr: float, generation: int, generations: int, decay: str = "cosine", floor: float = 0.1
+    lr: float, generation: float, generations: float, decay: str = "cosine", floor: float = 0.1
 ) -> float:
-    r"""The learning rate of generation ``generation`` (0-based) of ``generations``.
+    r"""The learning rate of generation ``generation`` (0-based) of ``generations`` (any unit of progress:
+    the example passes seconds of its time budget).
 
     ``cosine``: $\eta_g = \eta\,\bigl(f + (1 - f)\,\tfrac12(1 + \cos(\pi g / G))\bigr)$, from $\eta$ down to
     $f\eta$ at $g = G$; ``none``: $\eta$. A pure function of the generation, so a resumed run takes the same
