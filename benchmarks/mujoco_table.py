@@ -105,6 +105,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--budget-scale", type=float, default=1.0, help="multiplies every wall budget")
     parser.add_argument("--runs-dir", default="runs/mujoco_table", help="one sub-directory per run")
     parser.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument(
+        "--name", default="mujoco_table", help="writes NAME.md and the curves NAME_curves.png (mujoco_curves.png "
+        "for the default name)"
+    )  # fmt: skip
     parser.add_argument("--evotorch-python", default=None, help="python of a venv with evotorch installed")
     args = parser.parse_args()
     try:
@@ -149,6 +153,18 @@ def to_threshold(m: dict[str, np.ndarray], threshold: float) -> tuple[float, flo
     return None if len(hit) == 0 else (m["wall_time_s"][hit[0]], m["env_steps"][hit[0]])
 
 
+#: Tasks whose goal is the saved policy's 5-episode mean at or above the threshold (issue 26), not the median
+#: time for ``eval_return`` to first reach it.
+SAVED_POLICY_GOALS = {"Hopper-v5"}
+
+
+def goal_cell(env_id: str, median_time: float, budget: float, summaries: list[dict], threshold: float) -> str:
+    if env_id in SAVED_POLICY_GOALS:
+        saved = np.median([s["final_eval_mean"] for s in summaries])
+        return f"{'met' if saved >= threshold else 'not met'} (saved policy)"
+    return "met" if median_time <= budget else "not met"
+
+
 def cell(hit: tuple[float, float] | None) -> str:
     return "–" if hit is None else f"{hit[0]:.0f} s, {hit[1] / 1e6:.2f} M"
 
@@ -177,8 +193,8 @@ def main() -> None:
         "then the last `eval_return`.",
         "",
         "| task | threshold | budget | seeds: to threshold; last eval_return | median last | median to threshold "
-        "| saved policy, 5 episodes | env steps/s | × bare | goal |",
-        "|---|---:|---:|---|---:|---:|---:|---:|---:|---|",
+        "| saved policy, 5 episodes | member episodes | env steps/s | × bare | goal |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     curves: dict[str, list[tuple[str, dict[str, np.ndarray]]]] = {}
     for env_id in args.envs:
@@ -199,9 +215,10 @@ def main() -> None:
             f"| {np.median([m['eval_return'][-1] for m in metrics]):.0f} "
             f"| {'–' if np.isinf(median_time) else f'{median_time:.0f} s'} "
             f"| {np.median([s['final_eval_mean'] for s in summaries]):.0f} "
+            f"| {np.median([s['generations'] * s['population_size'] for s in summaries]):,.0f} "
             f"| {np.median([s['steps_per_s'] for s in summaries]):,.0f} "
             f"| {np.median([s['throughput_ratio'] for s in summaries]):.2f} "
-            f"| {'met' if median_time <= budget else 'not met'} |"
+            f"| {goal_cell(env_id, median_time, budget, summaries, threshold)} |"
         )
         if args.evotorch_python and env_id in ("HalfCheetah-v5", "Hopper-v5"):
             evo = [run_evotorch(args.evotorch_python, env_id, s, budget, runs / f"evotorch__{env_id}__seed{s}")
@@ -211,12 +228,15 @@ def main() -> None:
             per_seed = "; ".join(f"{cell(h)}; {m['eval_return'][-1]:.0f}" for h, m in zip(hits, evo))
             lines.append(
                 f"| {env_id}, EvoTorch PGPE+ClipUp | {threshold} | {budget:.0f} s | {per_seed} "
-                f"| {np.median([m['eval_return'][-1] for m in evo]):.0f} | – | – "
+                f"| {np.median([m['eval_return'][-1] for m in evo]):.0f} | – | – | – "
                 f"| {np.median([m['env_steps'][-1] / m['wall_time_s'][-1] for m in evo]):,.0f} | – | – |"
             )
-    lines += ["", "Medians over the seeds listed per task; a seed that never reached the threshold counts as never. Curves: "
-              "`mujoco_curves.png`."]  # fmt: skip
-    write_markdown(out_dir / "mujoco_table.md", lines)
+    curves_png = "mujoco_curves.png" if args.name == "mujoco_table" else f"{args.name}_curves.png"
+    lines += ["", "Medians over the seeds listed per task; a seed that never reached the threshold counts as never. "
+              "`eval_return` is the median of the generation's center episodes; the saved policy is the best of the "
+              "kept ones and the last by a re-evaluation, scored on 5 other fresh episodes. Member episodes: "
+              f"generations × population size, the training episodes ARS counts. Curves: `{curves_png}`."]  # fmt: skip
+    write_markdown(out_dir / f"{args.name}.md", lines)
     print("\n".join(lines))
 
     fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.6), squeeze=False)
@@ -233,8 +253,8 @@ def main() -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out_dir / "mujoco_curves.png", dpi=110)
-    print(f"wrote {out_dir / 'mujoco_table.md'} and {out_dir / 'mujoco_curves.png'}")
+    fig.savefig(out_dir / curves_png, dpi=110)
+    print(f"wrote {out_dir / f'{args.name}.md'} and {out_dir / curves_png}")
 
 
 if __name__ == "__main__":
