@@ -23,7 +23,6 @@ import argparse
 import csv
 import json
 import random
-import resource
 import sys
 import time
 from pathlib import Path
@@ -37,10 +36,6 @@ import llm_finetune as task  # noqa: E402
 
 from eggroll_trainer.llm.fitness import RewardFitness  # noqa: E402
 from eggroll_trainer.llm.models import load_causal_lm  # noqa: E402
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def train_grpo(args: argparse.Namespace) -> None:
@@ -128,7 +123,7 @@ def train_grpo(args: argparse.Namespace) -> None:
         accuracy_before=acc_before, accuracy_after=acc_after, accuracy_gain=acc_after - acc_before,
         eval_subset=args.eval_subset, steps=trainer.state.global_step, load_s=load_s, wall_time_s=wall_s, train_time_s=train_s,
         generated_tokens=tokens[0], tokens_per_train_s=tokens[0] / max(time.perf_counter() - train_start, 1e-9),
-        peak_rss_mb=peak_rss_mb(), threads=torch.get_num_threads(), budget=args.budget, seed=args.seed,
+        peak_rss_mb=task.peak_rss_mb(), threads=torch.get_num_threads(), budget=args.budget, seed=args.seed,
     )  # fmt: skip
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     with open(out / "curve.csv", "w", newline="") as fh:
