@@ -175,7 +175,8 @@ def reward(prompts: list[str], completions: list[str]) -> list[float]:
 
     The partial credit gives ES a slope while exact answers are still rare. It pays a wrong-length number with
     the right last digits ("185" for 85: 0.33) more than a near miss ("95": 0.25); ``reward_distance`` does
-    not: no better in 30–40 generations, better in one 30-minute seed (docs/examples/llm.md)."""
+    not, and learned as much: +5.2 ± 1.8 points over 3 seeds of 30 minutes, against +4.8 ± 1.6
+    (docs/examples/llm.md)."""
     return [
         0.0 if got is None else 1.0 if got == str(target) else 0.5 * digit_credit(target, got)
         for target, got in answers(prompts, completions)
