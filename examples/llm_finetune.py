@@ -45,6 +45,7 @@ import tyro
 from eggroll_trainer import EGGROLLTrainer
 from eggroll_trainer.llm.fitness import PromptBaseline, RewardFitness
 from eggroll_trainer.llm.models import load_causal_lm, save_model, select_targets
+from eggroll_trainer.llm.soft_prompt import SoftPromptLM, save_soft_prompt
 from eggroll_trainer.llm.tune import lr_schedule
 from eggroll_trainer.shaping import mirrored_sign
 
@@ -94,6 +95,11 @@ class Args:
     """generations that share one noise draw (0/1: fresh noise every generation)"""
     target_modules: tuple[str, ...] = ("all-linear",)
     """PEFT-style module suffixes, or all-linear"""
+    soft_prompt: int = 0
+    """n > 0: evolve n virtual-token embeddings in front of every prompt (prompt tuning) instead of the
+    --target-modules matrices; the model's weights stay as they are"""
+    soft_prompt_init: str = "vocab"
+    """the soft prompt's start: vocab (embeddings of n random vocabulary tokens) or a text"""
     batched: bool = True
     """population mode: one generate for all members (else one member at a time)"""
     chunk_size: int = 0
@@ -286,12 +292,21 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     start = time.perf_counter()  # the time budget counts from here: loading and both evaluations included
-    model, tokenizer = load_causal_lm(args.model, allow_download=args.allow_download)
+    base_model, tokenizer = load_causal_lm(args.model, allow_download=args.allow_download)
     load_s = time.perf_counter() - start
-    targets = select_targets(
-        model, args.target_modules[0] if args.target_modules == ("all-linear",) else list(args.target_modules)
-    )
-    base = targets.snapshot() if args.save_model else {}  # W₀, to export ΔW = W − W₀ as a LoRA adapter
+    if args.soft_prompt:  # ES evolves the prefix P (n × d) alone
+        model = SoftPromptLM(
+            base_model, args.soft_prompt, init=args.soft_prompt_init, tokenizer=tokenizer, seed=args.seed
+        )
+        params, what = [model.prompt], f"a soft prompt of {args.soft_prompt} tokens ({model.prompt.numel()})"
+    else:
+        model = base_model
+        targets = select_targets(
+            model,
+            args.target_modules[0] if args.target_modules == ("all-linear",) else list(args.target_modules),
+        )
+        params, what = targets.params, f"{len(targets.names)} matrices ({targets.numel / 1e6:.1f} M)"
+    base = targets.snapshot() if args.save_model and not args.soft_prompt else {}  # W₀, for ΔW = W − W₀
     train_hits: list[bool] = []
 
     def scored(prompts: list[str], completions: list[str]) -> list[float]:
@@ -304,22 +319,22 @@ def main() -> None:
         tokenizer, reward, args.max_new_tokens
     )  # the unperturbed model, its own counters
     trainer = EGGROLLTrainer(
-        targets.params, model, fitness, population_size=args.population, learning_rate=args.lr,
+        params, model, fitness, population_size=args.population, learning_rate=args.lr,
         sigma=args.sigma, rank=args.rank, noise_reuse=args.noise_reuse, freeze_nonlora=True,
         optimizer=args.optimizer, fitness_shaping=make_shaping(args.shaping, args.group_size),
         group_size=args.group_size, batched=args.batched, chunk_size=args.chunk_size or None, seed=args.seed,
         track_best=False,
     )  # fmt: skip
     print(f"{type(model).__name__}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters, "
-          f"{len(targets.names)} matrices perturbed ({targets.numel / 1e6:.1f} M), loaded in {load_s:.1f} s")  # fmt: skip
+          f"perturbed: {what}, loaded in {load_s:.1f} s")  # fmt: skip
 
     t_eval = time.perf_counter()
-    acc_before, samples_before = heldout_accuracy(evaluator, model, heldout_pairs)
+    acc_before, samples_before = heldout_accuracy(evaluator, base_model, heldout_pairs)  # no prefix
     eval_s = time.perf_counter() - t_eval
     print(f"held-out accuracy before: {acc_before:.3f} ({len(heldout_pairs)} pairs, {eval_s:.1f} s)")
     acc_oneshot = float("nan")
     if args.oneshot_baseline:
-        acc_oneshot = heldout_accuracy(evaluator, model, heldout_pairs, "oneshot")[0]
+        acc_oneshot = heldout_accuracy(evaluator, base_model, heldout_pairs, "oneshot")[0]
         print(f"held-out accuracy of the base model with a one-shot prompt: {acc_oneshot:.3f}")
     deadline = start + args.time_budget - 1.2 * eval_s  # leave time for the final evaluation
     train_start = time.perf_counter()
@@ -335,9 +350,11 @@ def main() -> None:
         scheduler = torch.optim.lr_scheduler.LambdaLR(trainer, factor)
     elif args.lr_decay != "none":
         raise ValueError(f"Invalid --lr-decay: {args.lr_decay!r} (none or cosine)")
-    probe = targets.params[:: max(1, len(targets.params) // 21)]  # RMS(Δθ) on a sample of the matrices
+    probe = params[:: max(1, len(params) // 21)]  # RMS(Δθ) on a sample of the matrices
     subset = heldout_pairs[: args.eval_subset]
     first = samples_before[: args.eval_subset]
+    if args.soft_prompt:  # generation 0 of the curve: the model behind the soft prompt's start
+        first = heldout_accuracy(evaluator, model, subset)[1]
     rows: list[dict[str, float]] = [
         dict(generation=0, wall_s=time.perf_counter() - start, lr=args.lr, train_reward=float("nan"),
              train_exact=float("nan"), step_rms_over_sigma=float("nan"),
@@ -381,7 +398,8 @@ def main() -> None:
         train_time_s=train_s, population_rows=fitness.rows, generated_tokens=fitness.new_tokens,
         generate_s=fitness.seconds, tokens_per_s=fitness.new_tokens / max(fitness.seconds, 1e-9),
         eval_tokens_per_s=evaluator.new_tokens / max(evaluator.seconds, 1e-9), peak_rss_mb=peak_rss_mb(),
-        perturbed_matrices=len(targets.names), perturbed_params=targets.numel, torch_threads=torch.get_num_threads(),
+        perturbed_matrices=0 if args.soft_prompt else len(targets.names),
+        perturbed_params=sum(p.numel() for p in params), heldout_subset_at_start=rows[0]["heldout_accuracy"], torch_threads=torch.get_num_threads(),
         args=dataclasses.asdict(args),
     )  # fmt: skip
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -397,7 +415,9 @@ def main() -> None:
         out / "learning_curve.png",
         f"{args.model}: 2-digit addition, N={args.population}, P={args.prompts_per_step}",
     )
-    if args.save_model:  # after the results: saving is what could still fail
+    if args.save_model and args.soft_prompt:  # a PEFT prompt-tuning adapter: the weights did not change
+        save_soft_prompt(model, out / "adapter", base_model_name_or_path=args.model)
+    elif args.save_model:  # after the results: saving is what could still fail
         from eggroll_trainer.llm.lora import export_lora
 
         save_model(model, tokenizer, out / "model")

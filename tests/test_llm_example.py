@@ -38,6 +38,25 @@ def test_example_quick_on_tiny_llama(tmp_path: Path) -> None:
     assert "held-out accuracy before" in proc.stdout
 
 
+def test_example_quick_soft_prompt(tmp_path: Path) -> None:
+    """--soft-prompt n evolves n virtual tokens only and saves them as a PEFT prompt-tuning adapter."""
+    model = build_tiny_llama(tmp_path / "tiny")
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLE), "--quick", "--model", str(model), "--output-dir", str(out), "--save-model",
+         "--threads", "1", "--soft-prompt", "4", "--sigma", "0.05", "--lr", "0.01"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert (
+        summary["perturbed_params"] == 4 * 32 and summary["perturbed_matrices"] == 0
+    )  # n × d of the tiny Llama
+    config = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert config["peft_type"] == "PROMPT_TUNING" and config["num_virtual_tokens"] == 4
+    assert not (out / "model").exists()  # the model's weights did not change: nothing else to save
+
+
 def test_example_reward_and_task() -> None:
     sys.path.insert(0, str(ROOT / "examples"))
     try:

@@ -7,6 +7,7 @@
 * ``fitness`` — a population's completions in one ``generate`` call, scored by a reward;
 * ``calibration`` — choosing σ: how often members answer differently from the base model;
 * ``models`` — loading a causal LM offline, choosing the matrices ES perturbs, saving the result;
+* ``soft_prompt`` — prompt tuning: learned virtual tokens in front of every prompt, saved as a PEFT adapter;
 * ``lora`` — the evolved weights as a PEFT LoRA adapter; ``memory`` — what a generation holds in memory;
 * ``checkpoint`` — checkpoints, metrics and the learning curve of a run; ``cli`` — the ``eggroll`` command.
 
@@ -21,6 +22,7 @@ from .memory import generation_memory
 from .models import load_causal_lm, save_model, select_targets
 from .rewards import CustomReward, MultiReward, PerplexityReward, TextReward, as_reward
 from .sampling import PairedSampling
+from .soft_prompt import SoftPromptLM, save_soft_prompt
 from .tune import Tuner, lr_schedule, tune
 
 __all__ = [
@@ -41,6 +43,8 @@ __all__ = [
     "calibrate_sigma",
     "population_generate",
     "export_lora",
+    "SoftPromptLM",
+    "save_soft_prompt",
     "generation_memory",
     "load_causal_lm",
     "save_model",

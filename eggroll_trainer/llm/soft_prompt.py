@@ -1,0 +1,134 @@
+r"""Prompt tuning: n learned virtual tokens in front of every prompt, evolved by ES (Lester et al., 2021).
+
+A [`SoftPromptLM`][eggroll_trainer.llm.soft_prompt.SoftPromptLM] wraps a causal LM and holds one matrix
+P (n × d): the embeddings of n virtual tokens. Every row of a batch becomes
+
+    [P₁ … Pₙ | embed(input_ids)]        attention mask [1 … 1 | mask]
+
+(in front of the left padding, as PEFT's prompt tuning lays it out), and the model's weights are left as they
+are. ES perturbs P alone: n·d numbers (8 × 576 = 4,608 for SmolLM2-135M) instead of the 106 M of the
+model's linear layers, so the 16 pairs of directions a generation explore a far smaller space.
+
+**Population mode.** The prefix is a lookup ``F.embedding(arange(n), P)`` with one row of ids per batch row:
+in a trainer step each member's rows get their own P + σ s_i A_i B_iᵀ/√r (the population embedding handler),
+and everything after the prefix runs on the shared weights. ``generate`` therefore still makes one call for
+the whole population.
+
+**Saving.** [`save_soft_prompt`][eggroll_trainer.llm.soft_prompt.save_soft_prompt] writes a PEFT
+prompt-tuning adapter: ``PeftModel.from_pretrained(base_model, directory)`` answers as the wrapper does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class SoftPromptLM(nn.Module):
+    """A causal LM with ``num_virtual_tokens`` learned embeddings in front of every prompt.
+
+    Args:
+        model: a Hugging Face causal LM (its weights are not changed).
+        num_virtual_tokens: n, the prefix length.
+        init: ``"vocab"`` (the embeddings of n tokens drawn from the vocabulary, PEFT's ``SAMPLE_VOCAB``), or a
+            text whose token embeddings start the prefix (repeated to n tokens, PEFT's ``TEXT``).
+        tokenizer: needed for a text ``init``.
+        seed: seed of the ``"vocab"`` draw.
+
+    ``forward`` returns the model's output with the prefix's positions removed from ``logits`` (so
+    ``logits[:, t]`` still belongs to ``input_ids[:, t]``); ``generate`` returns ``input_ids`` followed by the new
+    tokens, as the wrapped model's ``generate`` does.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        num_virtual_tokens: int,
+        *,
+        init: str = "vocab",
+        tokenizer: Any = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if num_virtual_tokens < 1:
+            raise ValueError(f"Invalid num_virtual_tokens: {num_virtual_tokens} (at least 1)")
+        self.model = model
+        table = model.get_input_embeddings().weight  # (V, d)
+        n = int(num_virtual_tokens)
+        if init == "vocab":
+            generator = torch.Generator().manual_seed(seed)
+            ids = torch.randint(table.shape[0], (n,), generator=generator)
+        else:
+            if tokenizer is None:
+                raise ValueError("SoftPromptLM: a text init needs the tokenizer")
+            text_ids = tokenizer(init, add_special_tokens=False)["input_ids"]
+            if not text_ids:
+                raise ValueError(f"SoftPromptLM: init text {init!r} has no tokens")
+            ids = torch.tensor(text_ids * (n // len(text_ids) + 1))[:n]
+        self.prompt = nn.Parameter(table.detach()[ids.to(table.device)].clone())  # (n, d)
+
+    @property
+    def num_virtual_tokens(self) -> int:
+        return self.prompt.shape[0]
+
+    @property
+    def config(self) -> Any:
+        return self.model.config
+
+    def prefixed(self, input_ids: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        """``inputs_embeds (R, n + T, d)`` and ``attention_mask (R, n + T)`` of ``input_ids (R, T)``."""
+        rows, n = input_ids.shape[0], self.num_virtual_tokens
+        positions = torch.arange(n, device=input_ids.device).expand(rows, n)  # (R, n): one row of ids a row
+        prefix = F.embedding(positions, self.prompt)  # (R, n, d): each member its own P in population mode
+        tokens = self.model.get_input_embeddings()(input_ids)  # (R, T, d)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        ones = torch.ones(rows, n, dtype=attention_mask.dtype, device=attention_mask.device)
+        return torch.cat([prefix.to(tokens.dtype), tokens], dim=1), torch.cat([ones, attention_mask], dim=1)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """The model's output for ``input_ids (R, T)`` behind the prefix; ``logits (R, T, V)``."""
+        embeds, mask = self.prefixed(input_ids, attention_mask)
+        if position_ids is not None:  # the prefix takes positions 0 … n−1; the prompt's move up by n
+            n = self.num_virtual_tokens
+            head = torch.arange(n, device=position_ids.device).expand(position_ids.shape[0], n)
+            position_ids = torch.cat([head, position_ids + n], dim=1)
+        out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, **kwargs)
+        out.logits = out.logits[:, self.num_virtual_tokens :]
+        return out
+
+    @torch.no_grad()
+    def generate(self, input_ids: Tensor, attention_mask: Tensor | None = None, **kwargs: Any) -> Tensor:
+        """``(R, T + T_new)``: ``input_ids`` and the new tokens, decoded behind the prefix."""
+        embeds, mask = self.prefixed(input_ids, attention_mask)
+        new = self.model.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)  # (R, T_new)
+        return torch.cat([input_ids, new], dim=1)
+
+
+def save_soft_prompt(wrapper: SoftPromptLM, directory: str | Path, base_model_name_or_path: str = "") -> Path:
+    """Write the prefix as a PEFT prompt-tuning adapter (``adapter_config.json``, ``adapter_model.safetensors``).
+
+    Load it with ``PeftModel.from_pretrained(base_model, directory)``."""
+    from peft import PromptTuningConfig, get_peft_model
+
+    directory = Path(directory)
+    config = PromptTuningConfig(
+        task_type="CAUSAL_LM",
+        num_virtual_tokens=wrapper.num_virtual_tokens,
+        base_model_name_or_path=base_model_name_or_path or None,
+    )
+    peft_model = get_peft_model(wrapper.model, config)  # prompt tuning adds no layers to the model
+    with torch.no_grad():
+        peft_model.prompt_encoder["default"].embedding.weight.copy_(wrapper.prompt)
+    peft_model.save_pretrained(directory)
+    return directory
