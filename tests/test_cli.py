@@ -118,6 +118,29 @@ def test_resume_continues_bit_identically(tiny: Path, files: dict[str, Path], tm
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_soft_prompt_run_saves_a_prompt_tuning_adapter_and_resumes(
+    tiny: Path, files: dict[str, Path], tmp_path: Path
+) -> None:
+    """--soft-prompt N evolves N virtual tokens only: the adapter is PEFT prompt tuning, no model is written, and
+    a resumed run continues bit-identically (the checkpoint holds the prefix)."""
+    from safetensors.torch import load_file as load_adapter
+
+    common = ("--soft-prompt", "3", "--save-every", "1", "--lr-decay", "none")
+    assert tune(tiny, files, tmp_path / "whole", *common, "--generations", "3") == 0
+    assert tune(tiny, files, tmp_path / "part", *common, "--generations", "2") == 0
+    assert main(["tune", "--resume", str(tmp_path / "part"), "--generations", "3", "--quiet"]) == 0
+    assert records(tmp_path / "part") == records(tmp_path / "whole")
+    summary = json.loads((tmp_path / "whole" / "summary.json").read_text())
+    assert summary["perturbed"] == ["soft_prompt"] and summary["options"]["soft_prompt"] == 3
+    config = json.loads((tmp_path / "whole" / "adapter" / "adapter_config.json").read_text())
+    assert config["peft_type"] == "PROMPT_TUNING" and config["num_virtual_tokens"] == 3
+    assert not (tmp_path / "whole" / "model").exists()
+    a, b = (
+        load_adapter(str(tmp_path / d / "adapter" / "adapter_model.safetensors")) for d in ("part", "whole")
+    )
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_ctrl_c_restores_weights_saves_a_checkpoint_and_exits_130(
     tiny: Path, files: dict[str, Path], tmp_path: Path
 ) -> None:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from .soft_prompt import SOFT_PROMPT_LR, SOFT_PROMPT_SIGMA
+
 EXAMPLES = """\
 examples:
   eggroll tune smollm2 --reward reward.py --prompts prompts.txt --generations 50 --output runs/a
@@ -82,8 +84,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--eval-every", type=int, default=0, help="evaluate every K generations (0: at the end only)"
     )
-    t.add_argument("--sigma", type=float, default=5e-3, help="noise scale (default: 5e-3)")
-    t.add_argument("--lr", type=float, default=1e-4, help="learning rate (default: 1e-4)")
+    t.add_argument(
+        "--soft-prompt", type=int, default=0, metavar="N",
+        help="evolve N virtual-token embeddings in front of every prompt (prompt tuning) instead of the "
+        "weights; saved as a PEFT adapter (default: 0, the weights)",
+    )  # fmt: skip
+    t.add_argument(
+        "--sigma", type=float, default=None,
+        help=f"noise scale (default: 5e-3; {SOFT_PROMPT_SIGMA:g} with --soft-prompt)",
+    )  # fmt: skip
+    t.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help=f"learning rate (default: 1e-4; {SOFT_PROMPT_LR:g} with --soft-prompt)",
+    )
     t.add_argument(
         "--lr-decay", default="cosine", choices=["cosine", "none"],
         help="cosine: the lr falls to --lr-floor x lr over --generations (default: cosine)",
@@ -110,6 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(i)
     i.add_argument("--prompt-tokens", type=int, default=32, help="prompt length assumed (default: 32)")
     return parser
+
+
+def _or(value: float | None, weights: float, soft_prompt: float, args: argparse.Namespace) -> float:
+    """A hyperparameter as given, else its default for the weights or for a soft prompt."""
+    if value is not None:
+        return value
+    return soft_prompt if args.soft_prompt else weights
 
 
 def _targets(args: argparse.Namespace) -> str | list[str]:
@@ -188,7 +210,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     out = Path(args.output)
     tuner = Tuner(
         model, tokenizer, reward, data, eval_data=held, output=out, target_modules=_targets(args),
-        population=args.population, rank=args.rank, sigma=args.sigma, lr=args.lr, lr_decay=args.lr_decay,
+        population=args.population, rank=args.rank, sigma=_or(args.sigma, 5e-3, SOFT_PROMPT_SIGMA, args),
+        lr=_or(args.lr, 1e-4, SOFT_PROMPT_LR, args), lr_decay=args.lr_decay, soft_prompt=args.soft_prompt,
         lr_floor=args.lr_floor, optimizer=args.optimizer,
         prompts_per_step=args.prompts_per_step, max_new_tokens=args.max_new_tokens, noise_reuse=args.noise_reuse,
         scale=args.scale, sequential=args.sequential, chunk_size=args.chunk_size, seed=args.seed,

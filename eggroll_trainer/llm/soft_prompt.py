@@ -27,6 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .models import Targets
+
+#: σ and the lr of plain SGD for a soft prompt: its entries are token embeddings (RMS 0.14 in SmolLM2-135M),
+#: so σ is ~20× the weights' 5e-3; the lr keeps RMS(Δθ)/σ ≈ lr/(σ²√N) near 0.7 at N = 32.
+SOFT_PROMPT_SIGMA = 0.1
+SOFT_PROMPT_LR = 4e-2
+
 
 class SoftPromptLM(nn.Module):
     """A causal LM with ``num_virtual_tokens`` learned embeddings in front of every prompt.
@@ -113,6 +120,11 @@ class SoftPromptLM(nn.Module):
         embeds, mask = self.prefixed(input_ids, attention_mask)
         new = self.model.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)  # (R, T_new)
         return torch.cat([input_ids, new], dim=1)
+
+
+def soft_prompt_targets(wrapper: SoftPromptLM) -> Targets:
+    """The prefix as the one matrix ES perturbs (what ``select_targets`` returns for a model's layers)."""
+    return Targets(names=["soft_prompt"], modules=[wrapper], params=[wrapper.prompt])
 
 
 def save_soft_prompt(wrapper: SoftPromptLM, directory: str | Path, base_model_name_or_path: str = "") -> Path:

@@ -33,6 +33,7 @@ from .fitness import PromptBaseline, RewardFitness
 from .models import save_model, select_targets
 from .rewards import as_reward, is_model_reward
 from .sampling import PairedSampling
+from .soft_prompt import SoftPromptLM, save_soft_prompt, soft_prompt_targets
 
 __all__ = ["Tuner", "lr_schedule", "tune"]
 
@@ -79,6 +80,7 @@ class Tuner:
         max_new_tokens: int = 16, noise_reuse: int = 1, scale: str = "std", sequential: bool = False,
         chunk_size: int = 0, seed: int = 0, temperature: float = 0.0, top_p: float = 1.0, eval_every: int = 0,
         save_every: int = 0, adapter_rank: int = 16, progress: bool = False, model_name: str | None = None,
+        soft_prompt: int = 0,
     ) -> None:  # fmt: skip
         lr_schedule(lr, 0, 1, lr_decay, lr_floor)  # validates lr_decay
         if not 0.0 <= lr_floor <= 1.0:
@@ -101,12 +103,18 @@ class Tuner:
             prompts_per_step=prompts_per_step, max_new_tokens=max_new_tokens, scale=scale, seed=seed,
             temperature=temperature, top_p=top_p, eval_every=eval_every, save_every=save_every,
             adapter_rank=adapter_rank, target_modules=target_modules, sequential=sequential, chunk_size=chunk_size,
+            soft_prompt=soft_prompt,
         )  # fmt: skip
         self.model_name, self.progress = model_name, progress
         self.output = None if output is None else Path(output)
         self.reward = as_reward(reward)
-        self.targets = select_targets(model, target_modules)
-        self.base = self.targets.snapshot() if adapter_rank > 0 and self.output is not None else {}
+        if soft_prompt:  # ES evolves n virtual tokens in front of every prompt; the weights stay
+            self.model = model = SoftPromptLM(model, soft_prompt, seed=seed)
+            self.targets = soft_prompt_targets(model)
+        else:
+            self.targets = select_targets(model, target_modules)
+        keep_base = adapter_rank > 0 and self.output is not None and not soft_prompt
+        self.base = self.targets.snapshot() if keep_base else {}
         self.sampler = PairedSampling(temperature, top_p, seed) if temperature > 0 else None
         self.fitness, fitness_shaping = self._fitness(population, scale)
         self.trainer = EGGROLLTrainer(
@@ -236,6 +244,9 @@ class Tuner:
         self._path("summary.json").write_text(json.dumps(summary, indent=2, default=str))
         plot_learning_curve(self.metrics, self._path("learning_curve.png"))
         if interrupted:
+            return summary
+        if self.options["soft_prompt"]:  # a PEFT prompt-tuning adapter: the model's weights did not change
+            save_soft_prompt(self.model, self._path("adapter"), base_model_name_or_path=self.model_name or "")
             return summary
         save_model(self.model, self.tokenizer, self._path("model"))
         if self.base:
