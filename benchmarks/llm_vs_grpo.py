@@ -26,6 +26,7 @@ import random
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from common import RESULTS, machine, markdown_table, write_csv, write_markdown
@@ -36,12 +37,13 @@ import llm_finetune as task  # noqa: E402
 
 from eggroll_trainer.llm.fitness import RewardFitness  # noqa: E402
 from eggroll_trainer.llm.models import load_causal_lm  # noqa: E402
+from eggroll_trainer.llm.soft_prompt import SoftPromptLM  # noqa: E402
 
 
 def train_grpo(args: argparse.Namespace) -> None:
     import datasets
     import transformers
-    from peft import LoraConfig
+    from peft import LoraConfig, PromptTuningConfig
     from trl import GRPOConfig, GRPOTrainer
 
     start = time.perf_counter()
@@ -76,6 +78,16 @@ def train_grpo(args: argparse.Namespace) -> None:
     ]
     tokens = [0]
 
+    def scored(model) -> Any:  # what the held-out evaluation decodes with
+        if not args.soft_prompt:
+            return model
+        # PEFT's cached prompt-tuning generate drifts after the first token (huggingface/peft#1391; seen here
+        # with peft 0.21.2 and transformers 5.25): evaluate the learned prefix through SoftPromptLM, which
+        # decodes as PEFT's uncached forward does, token for token (tests/test_soft_prompt.py)
+        wrapper = SoftPromptLM(model.get_base_model(), args.soft_prompt)
+        wrapper.prompt.data = model.prompt_encoder["default"].embedding.weight.detach()
+        return wrapper
+
     def reward(prompts, completions, completion_ids=None, **_):
         tokens[0] += sum(len(c) for c in completion_ids) if completion_ids is not None else 0
         return task.REWARDS[args.partial_credit](prompts, completions)
@@ -86,7 +98,7 @@ def train_grpo(args: argparse.Namespace) -> None:
         def on_step_end(self, targs, state, control, model=None, **kwargs):
             if state.global_step % args.eval_every == 0:
                 model.eval()
-                acc = task.heldout_accuracy(evaluator, model, subset)[0]
+                acc = task.heldout_accuracy(evaluator, scored(model), subset)[0]
                 model.train()
                 curve.append(
                     dict(step=state.global_step, wall_s=time.perf_counter() - start, heldout_subset=acc)
@@ -104,22 +116,32 @@ def train_grpo(args: argparse.Namespace) -> None:
         per_device_train_batch_size=args.group * args.prompts, max_completion_length=5, temperature=1.0,
         beta=0.0, logging_steps=1, report_to="none", save_strategy="no", max_steps=100_000, seed=args.seed,
         bf16=False, lr_scheduler_type="constant", disable_tqdm=True, gradient_checkpointing=False,
+        generation_kwargs={"use_cache": False} if args.soft_prompt else None,  # (peft#1391, as above)
     )  # fmt: skip
-    lora = LoraConfig(
-        r=args.lora_rank, lora_alpha=2 * args.lora_rank, target_modules="all-linear", task_type="CAUSAL_LM"
-    )
+    if args.soft_prompt:  # prompt tuning, started as ES's SoftPromptLM starts: random vocabulary embeddings
+        adapter = PromptTuningConfig(
+            task_type="CAUSAL_LM", num_virtual_tokens=args.soft_prompt, prompt_tuning_init="SAMPLE_VOCAB"
+        )
+    else:
+        adapter = LoraConfig(
+            r=args.lora_rank,
+            lora_alpha=2 * args.lora_rank,
+            target_modules="all-linear",
+            task_type="CAUSAL_LM",
+        )
     trainer = GRPOTrainer(
         model=model, reward_funcs=[reward], args=config, train_dataset=dataset, processing_class=tok,
-        peft_config=lora, callbacks=[Clock()],
+        peft_config=adapter, callbacks=[Clock()],
     )  # fmt: skip
     train_start = time.perf_counter()
     trainer.train()
     train_s = time.perf_counter() - start
-    tuned = trainer.model.eval()
+    tuned = scored(trainer.model.eval())
     acc_after = task.heldout_accuracy(evaluator, tuned, heldout_pairs)[0]
     wall_s = time.perf_counter() - start
     summary = dict(
-        method="GRPO (TRL, LoRA)", partial_credit=args.partial_credit, lr=args.lr, group=args.group, prompts_per_step=args.prompts, lora_rank=args.lora_rank,
+        method=f"GRPO (TRL, {'prompt tuning' if args.soft_prompt else 'LoRA'})", partial_credit=args.partial_credit,
+        lr=args.lr, group=args.group, prompts_per_step=args.prompts, lora_rank=args.lora_rank, soft_prompt=args.soft_prompt,
         accuracy_before=acc_before, accuracy_after=acc_after, accuracy_gain=acc_after - acc_before,
         eval_subset=args.eval_subset, steps=trainer.state.global_step, load_s=load_s, wall_time_s=wall_s, train_time_s=train_s,
         generated_tokens=tokens[0], tokens_per_train_s=tokens[0] / max(time.perf_counter() - train_start, 1e-9),
@@ -174,13 +196,21 @@ def compare(args: argparse.Namespace) -> None:
         value = summary.get("partial_credit", summary.get("args", {}).get("partial_credit", "digits"))
         return "" if value == "digits" else f", {value} reward"
 
+    def adapter(summary: dict) -> str:  # what was trained: LoRA / the weights, or a soft prompt
+        n = summary.get("soft_prompt", summary.get("args", {}).get("soft_prompt", 0))
+        return f"soft prompt of {n}" if n else "LoRA"
+
     runs = [
-        (f"ES (EGGROLL, seed {s['args']['seed']}{credit(s)})", s, c)
+        (
+            f"ES (EGGROLL{', ' + adapter(s) if s['args'].get('soft_prompt') else ''}, seed {s['args']['seed']}{credit(s)})",
+            s,
+            c,
+        )
         for s, c in map(es_run, map(Path, args.es))
     ]
     runs += [
         (
-            f"GRPO (TRL+LoRA, lr {s['lr']:g}, G {s['group']} x {s['prompts_per_step']} prompts{credit(s)})",
+            f"GRPO (TRL+{adapter(s)}, lr {s['lr']:g}, G {s['group']} x {s['prompts_per_step']} prompts{credit(s)})",
             s,
             c,
         )
@@ -281,6 +311,9 @@ def main() -> None:
     grpo.add_argument("--group", type=int, default=8, help="completions per prompt (num_generations)")
     grpo.add_argument("--prompts", type=int, default=4, help="prompts per step")
     grpo.add_argument("--lora-rank", type=int, default=16)
+    grpo.add_argument(
+        "--soft-prompt", type=int, default=0, help="N > 0: prompt tuning of N virtual tokens instead of LoRA"
+    )
     grpo.add_argument(
         "--partial-credit", default="digits", choices=list(task.REWARDS), help="the example's reward variant"
     )
