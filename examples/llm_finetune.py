@@ -10,13 +10,15 @@ Each generation: P training prompts; the N members' completions come from **one 
 (member-major rows, KV cache, greedy); the reward gives 1 for the exact sum and partial credit for
 right-aligned digits. Two layouts (``--group-size``): every member answers all P prompts (N·P rows, shaped
 per prompt by ``PromptBaseline``), or groups of G members answer their own P·G/N prompts (the paper's layout,
-a group-wise baseline). ``EGGROLLTrainer`` perturbs the ``--target-modules`` matrices at rank r; RMS(Δθ)/σ
-is logged every generation. Held-out accuracy (exact match, the same prompt and greedy decoding) is
+a group-wise baseline). ``EGGROLLTrainer`` perturbs, at rank r, a soft prompt of ``--soft-prompt`` n virtual
+tokens in front of every prompt (``SoftPromptLM``, the default: it learned far more in 30 minutes) or, with
+``--soft-prompt 0``, the ``--target-modules`` matrices; RMS(Δθ)/σ is logged every generation. Held-out accuracy (exact match, the same prompt and greedy decoding) is
 measured before, during and after, next to the base model's accuracy with a one-shot prompt.
 
 Writes to ``--output-dir``: ``summary.json`` (accuracy before/after, wall time, tokens/s, peak RSS),
-``metrics.csv`` (one row a generation), ``learning_curve.png``, ``samples.json``; with ``--save-model`` the tuned model
-(``save_pretrained``) and a LoRA adapter of its ΔW (``--adapter-rank``).
+``metrics.csv`` (one row a generation), ``learning_curve.png``, ``samples.json``; with ``--save-model`` a PEFT
+prompt-tuning adapter of the soft prompt, or (``--soft-prompt 0``) the tuned model (``save_pretrained``) and a
+LoRA adapter of its ΔW (``--adapter-rank``).
 
 This file also serves the command line: ``eggroll tune smollm2 --reward examples/llm_finetune.py
 --prompts train.txt`` uses its ``reward`` (``--export-prompts DIR`` writes ``train.txt``/``heldout.txt``).
@@ -45,7 +47,7 @@ import tyro
 from eggroll_trainer import EGGROLLTrainer
 from eggroll_trainer.llm.fitness import PromptBaseline, RewardFitness
 from eggroll_trainer.llm.models import load_causal_lm, save_model, select_targets
-from eggroll_trainer.llm.soft_prompt import SoftPromptLM, save_soft_prompt
+from eggroll_trainer.llm.soft_prompt import SOFT_PROMPT_LR, SOFT_PROMPT_SIGMA, SoftPromptLM, save_soft_prompt
 from eggroll_trainer.llm.tune import lr_schedule
 from eggroll_trainer.shaping import mirrored_sign
 
@@ -78,12 +80,13 @@ class Args:
     difference), zscore or centered_rank (of the mean reward)"""
     rank: int = 4
     """rank r of each member's weight perturbation (4 learned faster than 1 and 16: docs/examples/llm.md)"""
-    sigma: float = 5e-3
-    """noise scale sigma (calibrated: 58 % of members answer differently, |Δ log p| 0.3 nats;
-    benchmarks/llm_sigma.py)"""
-    lr: float = 1e-4
-    """learning rate of plain SGD on the ES estimate (lr/sigma is Qiu et al.'s alpha); RMS(Δθ)/σ ≈ lr/(σ²√N):
-    1e-4 gives ≈ 0.7 at N = 32, σ = 5e-3 (held constant it first rises, then degrades: hence the cosine decay)"""
+    sigma: float | None = None
+    """noise scale sigma (default: 0.1 for the soft prompt, 5e-3 for the weights; calibrated: 69 % and 58 % of
+    members answer differently; benchmarks/llm_sigma.py)"""
+    lr: float | None = None
+    """learning rate of plain SGD on the ES estimate (default: 4e-2 for the soft prompt, 1e-4 for the weights);
+    RMS(Δθ)/σ ≈ lr/(σ²√N) ≈ 0.7 at N = 32 for both (held constant it first rises, then degrades: hence the
+    cosine decay)"""
     optimizer: str = "sgd"
     """update rule: sgd, adam, adamw or clipup"""
     lr_decay: str = "cosine"
@@ -95,9 +98,9 @@ class Args:
     """generations that share one noise draw (0/1: fresh noise every generation)"""
     target_modules: tuple[str, ...] = ("all-linear",)
     """PEFT-style module suffixes, or all-linear"""
-    soft_prompt: int = 0
-    """n > 0: evolve n virtual-token embeddings in front of every prompt (prompt tuning) instead of the
-    --target-modules matrices; the model's weights stay as they are"""
+    soft_prompt: int = 8
+    """n > 0: evolve n virtual-token embeddings in front of every prompt (prompt tuning); 0: evolve the
+    --target-modules matrices instead (docs/examples/llm.md compares the two)"""
     soft_prompt_init: str = "vocab"
     """the soft prompt's start: vocab (embeddings of n random vocabulary tokens) or a text"""
     batched: bool = True
@@ -119,7 +122,8 @@ class Args:
     eval_subset: int = 64
     """held-out pairs used for the curve during training"""
     save_model: bool = False
-    """save the tuned model (save_pretrained) and a LoRA adapter of its ΔW"""
+    """save the result: the soft prompt as a PEFT prompt-tuning adapter, or the tuned model (save_pretrained) and
+    a LoRA adapter of its ΔW"""
     adapter_rank: int = 16
     """LoRA rank of the exported adapter (truncated SVD of ΔW)"""
     export_prompts: str = ""
@@ -132,6 +136,10 @@ def parse_args() -> Args:
     """Every field of ``Args`` is a flag (``tyro``): ``--population 32``, ``--batched/--no-batched``,
     ``--target-modules q_proj v_proj``."""
     args = tyro.cli(Args, description=__doc__)
+    if args.sigma is None:  # the recipe's σ and lr for what is evolved
+        args = dataclasses.replace(args, sigma=SOFT_PROMPT_SIGMA if args.soft_prompt else 5e-3)
+    if args.lr is None:
+        args = dataclasses.replace(args, lr=SOFT_PROMPT_LR if args.soft_prompt else 1e-4)
     if args.quick:
         args = dataclasses.replace(
             args, population=4, prompts_per_step=2, generations=2, heldout=8, eval_every=1, eval_subset=4,

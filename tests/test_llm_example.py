@@ -21,7 +21,7 @@ def test_example_quick_on_tiny_llama(tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = subprocess.run(
         [sys.executable, str(EXAMPLE), "--quick", "--model", str(model), "--output-dir", str(out), "--save-model",
-         "--threads", "1"],
+         "--threads", "1", "--soft-prompt", "0"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
