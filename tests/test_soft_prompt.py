@@ -75,13 +75,28 @@ def test_generate_returns_the_prompt_then_the_new_tokens(tiny: Path) -> None:
     assert torch.equal(out, seq)
 
 
+def test_the_cached_prefix_decodes_as_the_whole_sequence(tiny: Path) -> None:
+    """cache_prefix: each member's prefix computed once and its KV cache repeated for the member's rows gives
+    the tokens of decoding [prefix | prompt] row by row, with and without left padding."""
+    model, tokenizer = sensitive_llama(tiny)
+    for prompts in (PROMPTS, ["12+34=", "70+18=", "55+10="]):
+        ids, mask = encode(tokenizer, prompts)
+        out = {}
+        for cache_prefix in (True, False):
+            wrapper = SoftPromptLM(model, 4, seed=2, cache_prefix=cache_prefix)
+            out[cache_prefix] = wrapper.generate(ids, mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
+        assert torch.equal(out[True], out[False])
+        assert len({tuple(row) for row in out[True][:, -6:].tolist()}) > 1  # (rows that differ: a real check)
+
+
+@pytest.mark.parametrize("cache_prefix", [True, False])
 @pytest.mark.parametrize("chunk_size", [None, 4])
-def test_population_mode_matches_one_member_at_a_time(tiny: Path, chunk_size) -> None:
+def test_population_mode_matches_one_member_at_a_time(tiny: Path, chunk_size, cache_prefix) -> None:
     """One batched generate of all members gives each member the completions it gets alone."""
     runs = {}
     for batched in (False, True):
         model, tokenizer = sensitive_llama(tiny)
-        wrapper = SoftPromptLM(model, 4, seed=0)
+        wrapper = SoftPromptLM(model, 4, seed=0, cache_prefix=cache_prefix)
         weights = {name: p.detach().clone() for name, p in model.named_parameters()}
         seen: list[str] = []
         fitness = RewardFitness(tokenizer, lambda p, c: (seen.extend(c), [float(len(x)) for x in c])[1], 4)  # noqa: B023

@@ -9,10 +9,16 @@ P (n × d): the embeddings of n virtual tokens. Every row of a batch becomes
 are. ES perturbs P alone: n·d numbers (8 × 576 = 4,608 for SmolLM2-135M) instead of the 106 M of the
 model's linear layers, so the 16 pairs of directions a generation explore a far smaller space.
 
-**Population mode.** The prefix is a lookup ``F.embedding(arange(n), P)`` with one row of ids per batch row:
-in a trainer step each member's rows get their own P + σ s_i A_i B_iᵀ/√r (the population embedding handler),
-and everything after the prefix runs on the shared weights. ``generate`` therefore still makes one call for
-the whole population.
+**Population mode.** The prefix is a lookup ``F.embedding(arange(n), P)`` with one row of ids per member
+(``forward``: per batch row): in a trainer step each member gets its own P + σ s_i A_i B_iᵀ/√r (the population
+embedding handler), and everything after the prefix runs on the shared weights. ``generate`` therefore still
+makes one call for the whole population.
+
+**The prefix is computed once a member.** Every row of a member starts with the same n embeddings, so
+``generate`` runs the model on the K members' prefixes alone (K·n tokens), repeats each member's KV cache for
+its b rows, and decodes the prompts behind it: K·n + K·b·T prefill tokens instead of K·b·(n + T). The
+positions are those of the whole sequence (``cache_prefix=False`` decodes the concatenation directly; the
+tests check both give the same tokens).
 
 **Saving.** [`save_soft_prompt`][eggroll_trainer.llm.soft_prompt.save_soft_prompt] writes a PEFT
 prompt-tuning adapter: ``PeftModel.from_pretrained(base_model, directory)`` answers as the wrapper does.
@@ -27,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .fitness import members_now
 from .models import Targets
 
 #: σ and the lr of plain SGD for a soft prompt: its entries are token embeddings (RMS 0.14 in SmolLM2-135M),
@@ -45,6 +52,8 @@ class SoftPromptLM(nn.Module):
             text whose token embeddings start the prefix (repeated to n tokens, PEFT's ``TEXT``).
         tokenizer: needed for a text ``init``.
         seed: seed of the ``"vocab"`` draw.
+        cache_prefix: ``generate`` computes each member's prefix once and reuses its KV cache for the
+            member's rows (else it decodes ``[prefix | prompt]`` for every row).
 
     ``forward`` returns the model's output with the prefix's positions removed from ``logits`` (so
     ``logits[:, t]`` still belongs to ``input_ids[:, t]``); ``generate`` returns ``input_ids`` followed by the new
@@ -59,11 +68,13 @@ class SoftPromptLM(nn.Module):
         init: str = "vocab",
         tokenizer: Any = None,
         seed: int = 0,
+        cache_prefix: bool = True,
     ) -> None:
         super().__init__()
         if num_virtual_tokens < 1:
             raise ValueError(f"Invalid num_virtual_tokens: {num_virtual_tokens} (at least 1)")
         self.model = model
+        self.cache_prefix = cache_prefix
         table = model.get_input_embeddings().weight  # (V, d)
         n = int(num_virtual_tokens)
         if init == "vocab":
@@ -116,10 +127,38 @@ class SoftPromptLM(nn.Module):
 
     @torch.no_grad()
     def generate(self, input_ids: Tensor, attention_mask: Tensor | None = None, **kwargs: Any) -> Tensor:
-        """``(R, T + T_new)``: ``input_ids`` and the new tokens, decoded behind the prefix."""
-        embeds, mask = self.prefixed(input_ids, attention_mask)
-        new = self.model.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)  # (R, T_new)
-        return torch.cat([input_ids, new], dim=1)
+        """``(R, T + T_new)``: ``input_ids`` and the new tokens, decoded behind the prefix.
+
+        In population mode R = K·b rows, member-major (K = 1 outside it)."""
+        if not self.cache_prefix or "past_key_values" in kwargs or "cache" in kwargs:
+            embeds, mask = self.prefixed(input_ids, attention_mask)
+            new = self.model.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)  # (R, T_new)
+            return torch.cat([input_ids, new], dim=1)
+        rows, n = input_ids.shape[0], self.num_virtual_tokens
+        k = members_now()
+        if rows % k:
+            raise ValueError(
+                f"SoftPromptLM.generate: {rows} rows for {k} members (member-major, b rows each)"
+            )
+        positions = torch.arange(n, device=input_ids.device).expand(k, n)
+        prefix = F.embedding(positions, self.prompt)  # (K, n, d): member i's P + σ s_i A_i B_iᵀ/√r
+        dtype = self.model.get_input_embeddings().weight.dtype
+        prefill = self.model(inputs_embeds=prefix.to(dtype), use_cache=True)  # K·n tokens
+        name = "cache" if "cache" in prefill else "past_key_values"  # (transformers 5.2x renamed it `cache`)
+        cache = prefill[name]
+        cache.batch_repeat_interleave(rows // k)  # (K·b, ..., n, ...): each member's prefix for its b rows
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        ones = torch.ones(rows, n, dtype=attention_mask.dtype, device=attention_mask.device)
+        # n placeholder ids stand for the cached prefix: generate decodes only what the cache does not hold
+        placeholder = input_ids[:, :1].expand(rows, n)
+        out = self.model.generate(
+            input_ids=torch.cat([placeholder, input_ids], dim=1),
+            attention_mask=torch.cat([ones, attention_mask], dim=1),
+            **{name: cache},
+            **kwargs,
+        )  # (R, n + T + T_new)
+        return out[:, n:]
 
 
 def soft_prompt_targets(wrapper: SoftPromptLM) -> Targets:
