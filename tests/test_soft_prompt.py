@@ -152,6 +152,9 @@ def test_saved_adapter_answers_as_the_wrapper(tiny: Path, tmp_path: Path) -> Non
     # transformers 5.25 (its own uncached decoding agrees with ours, token for token)
     theirs = peft_model.generate(input_ids=ids, attention_mask=mask, use_cache=False, **kwargs)
     assert torch.equal(theirs[:, -5:], ours[:, -5:])
+    with torch.no_grad():  # labels: the prefix's positions are ignored (-100), as PEFT does it
+        loss = wrapper(input_ids=ids, attention_mask=mask, labels=ids).loss
+        torch.testing.assert_close(loss, peft_model(input_ids=ids, attention_mask=mask, labels=ids).loss)
 
 
 def test_bad_arguments_are_named(tiny: Path) -> None:

@@ -121,6 +121,10 @@ class SoftPromptLM(nn.Module):
             n = self.num_virtual_tokens
             head = torch.arange(n, device=position_ids.device).expand(position_ids.shape[0], n)
             position_ids = torch.cat([head, position_ids + n], dim=1)
+        if kwargs.get("labels") is not None:  # the prefix predicts nothing: -100 is ignored by the loss
+            labels = kwargs["labels"]
+            ignore = torch.full((labels.shape[0], self.num_virtual_tokens), -100, dtype=labels.dtype)
+            kwargs["labels"] = torch.cat([ignore.to(labels.device), labels], dim=1)
         out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, **kwargs)
         out.logits = out.logits[:, self.num_virtual_tokens :]
         return out
