@@ -56,7 +56,7 @@ def main() -> None:
             params, sigma = [target.prompt], 0.1
         trainer = EGGROLLTrainer(
             params, target, fitness, population_size=args.population, learning_rate=0.0, sigma=sigma, rank=4,
-            freeze_nonlora=True, fitness_shaping=PromptBaseline(), track_best=False, seed=0,
+            freeze_nonlora=True, fitness_shaping=PromptBaseline(), batched=True, track_best=False, seed=0,
         )  # fmt: skip
         return trainer, fitness
 
