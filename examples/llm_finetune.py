@@ -281,6 +281,8 @@ def peak_rss_mb() -> float:
 # ------------------------------------------------------------------------------------------ main
 def main() -> None:
     args = parse_args()
+    if args.soft_prompt < 0:
+        raise ValueError(f"Invalid --soft-prompt: {args.soft_prompt} (0: evolve the weights; n > 0 tokens)")
     if args.partial_credit not in REWARDS:
         raise ValueError(f"Invalid --partial-credit: {args.partial_credit!r} ({' or '.join(REWARDS)})")
     train_pairs, heldout_pairs = make_task(args.heldout)

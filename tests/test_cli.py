@@ -241,6 +241,8 @@ def test_bad_input(tiny: Path, files: dict[str, Path], tmp_path: Path, capsys) -
     assert "holds no args.json" in capsys.readouterr().err
     assert tune(tiny, files, tmp_path / "o", "--lr-floor", "2") == 2
     assert "Invalid lr_floor" in capsys.readouterr().err
+    assert tune(tiny, files, tmp_path / "o", "--soft-prompt", "-1") == 2
+    assert "Invalid soft_prompt" in capsys.readouterr().err
 
 
 def test_every_option_is_documented_and_help_has_examples(capsys) -> None:

@@ -85,6 +85,10 @@ class Tuner:
         lr_schedule(lr, 0, 1, lr_decay, lr_floor)  # validates lr_decay
         if not 0.0 <= lr_floor <= 1.0:
             raise ValueError(f"Invalid lr_floor: {lr_floor} (expected a fraction of lr in [0, 1])")
+        if soft_prompt < 0:
+            raise ValueError(
+                f"Invalid soft_prompt: {soft_prompt} (0: evolve the weights; N > 0 virtual tokens)"
+            )
         if scale not in ("std", "none"):
             raise ValueError(f"Invalid scale: {scale!r} (expected 'std' or 'none')")
         if eval_every and eval_data is None:
