@@ -47,7 +47,12 @@ import tyro
 from eggroll_trainer import EGGROLLTrainer
 from eggroll_trainer.llm.fitness import PromptBaseline, RewardFitness
 from eggroll_trainer.llm.models import load_causal_lm, save_model, select_targets
-from eggroll_trainer.llm.soft_prompt import SOFT_PROMPT_LR, SOFT_PROMPT_SIGMA, SoftPromptLM, save_soft_prompt
+from eggroll_trainer.llm.soft_prompt import (
+    SoftPromptLM,
+    recipe_defaults,
+    save_soft_prompt,
+    soft_prompt_targets,
+)
 from eggroll_trainer.llm.tune import lr_schedule
 from eggroll_trainer.shaping import mirrored_sign
 
@@ -81,7 +86,7 @@ class Args:
     rank: int = 4
     """rank r of each member's weight perturbation (4 learned faster than 1 and 16: docs/examples/llm.md)"""
     sigma: float | None = None
-    """noise scale sigma (default: 0.1 for the soft prompt, 5e-3 for the weights; calibrated: 69 % and 58 % of
+    """noise scale sigma (default: 0.1 for the soft prompt, 5e-3 for the weights; calibrated: 73 % and 58 % of
     members answer differently; benchmarks/llm_sigma.py)"""
     lr: float | None = None
     """learning rate of plain SGD on the ES estimate (default: 4e-2 for the soft prompt, 1e-4 for the weights);
@@ -136,10 +141,10 @@ def parse_args() -> Args:
     """Every field of ``Args`` is a flag (``tyro``): ``--population 32``, ``--batched/--no-batched``,
     ``--target-modules q_proj v_proj``."""
     args = tyro.cli(Args, description=__doc__)
-    if args.sigma is None:  # the recipe's σ and lr for what is evolved
-        args = dataclasses.replace(args, sigma=SOFT_PROMPT_SIGMA if args.soft_prompt else 5e-3)
-    if args.lr is None:
-        args = dataclasses.replace(args, lr=SOFT_PROMPT_LR if args.soft_prompt else 1e-4)
+    sigma, lr = recipe_defaults(args.soft_prompt)  # the measured recipe's σ and lr for what is evolved
+    args = dataclasses.replace(
+        args, sigma=sigma if args.sigma is None else args.sigma, lr=lr if args.lr is None else args.lr
+    )
     if args.quick:
         args = dataclasses.replace(
             args, population=4, prompts_per_step=2, generations=2, heldout=8, eval_every=1, eval_subset=4,
@@ -308,14 +313,16 @@ def main() -> None:
         model = SoftPromptLM(
             base_model, args.soft_prompt, init=args.soft_prompt_init, tokenizer=tokenizer, seed=args.seed
         )
-        params, what = [model.prompt], f"a soft prompt of {args.soft_prompt} tokens ({model.prompt.numel()})"
+        targets = soft_prompt_targets(model)
+        what = f"a soft prompt of {args.soft_prompt} tokens ({targets.numel})"
     else:
         model = base_model
         targets = select_targets(
             model,
             args.target_modules[0] if args.target_modules == ("all-linear",) else list(args.target_modules),
         )
-        params, what = targets.params, f"{len(targets.names)} matrices ({targets.numel / 1e6:.1f} M)"
+        what = f"{len(targets.names)} matrices ({targets.numel / 1e6:.1f} M)"
+    params = targets.params
     base = targets.snapshot() if args.save_model and not args.soft_prompt else {}  # W₀, for ΔW = W − W₀
     train_hits: list[bool] = []
 
@@ -409,7 +416,7 @@ def main() -> None:
         generate_s=fitness.seconds, tokens_per_s=fitness.new_tokens / max(fitness.seconds, 1e-9),
         eval_tokens_per_s=evaluator.new_tokens / max(evaluator.seconds, 1e-9), peak_rss_mb=peak_rss_mb(),
         perturbed_matrices=0 if args.soft_prompt else len(targets.names),
-        perturbed_params=sum(p.numel() for p in params), heldout_subset_at_start=rows[0]["heldout_accuracy"], torch_threads=torch.get_num_threads(),
+        perturbed_params=targets.numel, heldout_subset_at_start=rows[0]["heldout_accuracy"], torch_threads=torch.get_num_threads(),
         args=dataclasses.asdict(args),
     )  # fmt: skip
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -163,3 +163,19 @@ def test_bad_arguments_are_named(tiny: Path) -> None:
         SoftPromptLM(model, 0)
     with pytest.raises(ValueError, match="tokenizer"):
         SoftPromptLM(model, 2, init="some text")
+
+
+def test_tuner_takes_the_recipe_of_what_it_evolves(tiny: Path) -> None:
+    """σ and lr left out: the soft prompt's recipe with soft_prompt=N, the weights' without; given: as given."""
+    from eggroll_trainer.llm import Tuner
+    from eggroll_trainer.llm.soft_prompt import SOFT_PROMPT_LR, SOFT_PROMPT_SIGMA, WEIGHTS_LR, WEIGHTS_SIGMA
+
+    model, tokenizer = load_causal_lm(str(tiny))
+
+    def options(**kw):
+        tuner = Tuner(model, tokenizer, lambda p, c: [0.0] * len(c), PROMPTS, prompts_per_step=2, **kw)
+        return tuner.options["sigma"], tuner.options["lr"]
+
+    assert options(soft_prompt=2) == (SOFT_PROMPT_SIGMA, SOFT_PROMPT_LR)
+    assert options() == (WEIGHTS_SIGMA, WEIGHTS_LR)
+    assert options(soft_prompt=2, sigma=0.3, lr=0.2) == (0.3, 0.2)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .soft_prompt import SOFT_PROMPT_LR, SOFT_PROMPT_SIGMA
+from .soft_prompt import SOFT_PROMPT_LR, SOFT_PROMPT_SIGMA, WEIGHTS_LR, WEIGHTS_SIGMA
 
 EXAMPLES = """\
 examples:
@@ -91,13 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     t.add_argument(
         "--sigma", type=float, default=None,
-        help=f"noise scale (default: 5e-3; {SOFT_PROMPT_SIGMA:g} with --soft-prompt)",
+        help=f"noise scale (default: {WEIGHTS_SIGMA:g}; {SOFT_PROMPT_SIGMA:g} with --soft-prompt)",
     )  # fmt: skip
     t.add_argument(
         "--lr",
         type=float,
         default=None,
-        help=f"learning rate (default: 1e-4; {SOFT_PROMPT_LR:g} with --soft-prompt)",
+        help=f"learning rate (default: {WEIGHTS_LR:g}; {SOFT_PROMPT_LR:g} with --soft-prompt)",
     )
     t.add_argument(
         "--lr-decay", default="cosine", choices=["cosine", "none"],
@@ -125,13 +125,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(i)
     i.add_argument("--prompt-tokens", type=int, default=32, help="prompt length assumed (default: 32)")
     return parser
-
-
-def _or(value: float | None, weights: float, soft_prompt: float, args: argparse.Namespace) -> float:
-    """A hyperparameter as given, else its default for the weights or for a soft prompt."""
-    if value is not None:
-        return value
-    return soft_prompt if args.soft_prompt else weights
 
 
 def _targets(args: argparse.Namespace) -> str | list[str]:
@@ -210,8 +203,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     out = Path(args.output)
     tuner = Tuner(
         model, tokenizer, reward, data, eval_data=held, output=out, target_modules=_targets(args),
-        population=args.population, rank=args.rank, sigma=_or(args.sigma, 5e-3, SOFT_PROMPT_SIGMA, args),
-        lr=_or(args.lr, 1e-4, SOFT_PROMPT_LR, args), lr_decay=args.lr_decay, soft_prompt=args.soft_prompt,
+        population=args.population, rank=args.rank, sigma=args.sigma, lr=args.lr, lr_decay=args.lr_decay,
+        soft_prompt=args.soft_prompt,
         lr_floor=args.lr_floor, optimizer=args.optimizer,
         prompts_per_step=args.prompts_per_step, max_new_tokens=args.max_new_tokens, noise_reuse=args.noise_reuse,
         scale=args.scale, sequential=args.sequential, chunk_size=args.chunk_size, seed=args.seed,

@@ -40,6 +40,14 @@ from .models import Targets
 #: so σ is ~20× the weights' 5e-3; the lr keeps RMS(Δθ)/σ ≈ lr/(σ²√N) near 0.7 at N = 32.
 SOFT_PROMPT_SIGMA = 0.1
 SOFT_PROMPT_LR = 4e-2
+#: σ and lr for the weights of all linear layers (calibrated in ``benchmarks/llm_sigma.py``; same step ratio).
+WEIGHTS_SIGMA = 5e-3
+WEIGHTS_LR = 1e-4
+
+
+def recipe_defaults(soft_prompt: int) -> tuple[float, float]:
+    """``(σ, lr)`` of the measured recipe: for a soft prompt (``soft_prompt > 0`` tokens) or for the weights."""
+    return (SOFT_PROMPT_SIGMA, SOFT_PROMPT_LR) if soft_prompt else (WEIGHTS_SIGMA, WEIGHTS_LR)
 
 
 class SoftPromptLM(nn.Module):
@@ -97,16 +105,26 @@ class SoftPromptLM(nn.Module):
     def config(self) -> Any:
         return self.model.config
 
-    def prefixed(self, input_ids: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, Tensor]:
-        """``inputs_embeds (R, n + T, d)`` and ``attention_mask (R, n + T)`` of ``input_ids (R, T)``."""
-        rows, n = input_ids.shape[0], self.num_virtual_tokens
-        positions = torch.arange(n, device=input_ids.device).expand(rows, n)  # (R, n): one row of ids a row
-        prefix = F.embedding(positions, self.prompt)  # (R, n, d): each member its own P in population mode
-        tokens = self.model.get_input_embeddings()(input_ids)  # (R, T, d)
+    def prefix(self, rows: int) -> Tensor:
+        """``(rows, n, d)``: P for every row, one row of ids ``arange(n)`` each — so in population mode each
+        member's rows get its own P + σ s_i A_i B_iᵀ/√r (rows = K·b, or K: one a member)."""
+        n = self.num_virtual_tokens
+        positions = torch.arange(n, device=self.prompt.device).expand(rows, n)
+        embeds = F.embedding(positions, self.prompt)
+        return embeds.to(self.model.get_input_embeddings().weight.dtype)
+
+    def prefixed_mask(self, input_ids: Tensor, attention_mask: Tensor | None) -> Tensor:
+        """``(R, n + T)``: ones for the prefix, then the prompt's mask (ones when ``None``)."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        ones = torch.ones(rows, n, dtype=attention_mask.dtype, device=attention_mask.device)
-        return torch.cat([prefix.to(tokens.dtype), tokens], dim=1), torch.cat([ones, attention_mask], dim=1)
+        ones = attention_mask.new_ones(input_ids.shape[0], self.num_virtual_tokens)
+        return torch.cat([ones, attention_mask], dim=1)
+
+    def prefixed(self, input_ids: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        """``inputs_embeds (R, n + T, d)`` and ``attention_mask (R, n + T)`` of ``input_ids (R, T)``."""
+        tokens = self.model.get_input_embeddings()(input_ids)  # (R, T, d)
+        embeds = torch.cat([self.prefix(input_ids.shape[0]), tokens], dim=1)
+        return embeds, self.prefixed_mask(input_ids, attention_mask)
 
     def forward(
         self,
@@ -144,21 +162,15 @@ class SoftPromptLM(nn.Module):
             raise ValueError(
                 f"SoftPromptLM.generate: {rows} rows for {k} members (member-major, b rows each)"
             )
-        positions = torch.arange(n, device=input_ids.device).expand(k, n)
-        prefix = F.embedding(positions, self.prompt)  # (K, n, d): member i's P + σ s_i A_i B_iᵀ/√r
-        dtype = self.model.get_input_embeddings().weight.dtype
-        prefill = self.model(inputs_embeds=prefix.to(dtype), use_cache=True)  # K·n tokens
+        prefill = self.model(inputs_embeds=self.prefix(k), use_cache=True)  # K·n tokens: one prefix a member
         name = "cache" if "cache" in prefill else "past_key_values"  # (transformers 5.2x renamed it `cache`)
         cache = prefill[name]
         cache.batch_repeat_interleave(rows // k)  # (K·b, ..., n, ...): each member's prefix for its b rows
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        ones = torch.ones(rows, n, dtype=attention_mask.dtype, device=attention_mask.device)
         # n placeholder ids stand for the cached prefix: generate decodes only what the cache does not hold
         placeholder = input_ids[:, :1].expand(rows, n)
         out = self.model.generate(
             input_ids=torch.cat([placeholder, input_ids], dim=1),
-            attention_mask=torch.cat([ones, attention_mask], dim=1),
+            attention_mask=self.prefixed_mask(input_ids, attention_mask),
             **{name: cache},
             **kwargs,
         )  # (R, n + T + T_new)

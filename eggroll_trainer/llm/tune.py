@@ -33,7 +33,7 @@ from .fitness import PromptBaseline, RewardFitness
 from .models import save_model, select_targets
 from .rewards import as_reward, is_model_reward
 from .sampling import PairedSampling
-from .soft_prompt import SoftPromptLM, save_soft_prompt, soft_prompt_targets
+from .soft_prompt import SoftPromptLM, recipe_defaults, save_soft_prompt, soft_prompt_targets
 
 __all__ = ["Tuner", "lr_schedule", "tune"]
 
@@ -75,13 +75,16 @@ class Tuner:
     def __init__(
         self, model: Any, tokenizer: Any, reward: Any, data: Any, *, eval_data: Any = None,
         output: str | Path | None = None, target_modules: Any = "all-linear", population: int = 32, rank: int = 4,
-        sigma: float = 5e-3, lr: float = 1e-4, lr_decay: str = "cosine", lr_floor: float = 0.1,
+        sigma: float | None = None, lr: float | None = None, lr_decay: str = "cosine", lr_floor: float = 0.1,
         optimizer: str = "sgd", prompts_per_step: int = 8,
         max_new_tokens: int = 16, noise_reuse: int = 1, scale: str = "std", sequential: bool = False,
         chunk_size: int = 0, seed: int = 0, temperature: float = 0.0, top_p: float = 1.0, eval_every: int = 0,
         save_every: int = 0, adapter_rank: int = 16, progress: bool = False, model_name: str | None = None,
         soft_prompt: int = 0,
     ) -> None:  # fmt: skip
+        default_sigma, default_lr = recipe_defaults(soft_prompt)  # σ and lr default to what is evolved
+        sigma = default_sigma if sigma is None else sigma
+        lr = default_lr if lr is None else lr
         lr_schedule(lr, 0, 1, lr_decay, lr_floor)  # validates lr_decay
         if not 0.0 <= lr_floor <= 1.0:
             raise ValueError(f"Invalid lr_floor: {lr_floor} (expected a fraction of lr in [0, 1])")
