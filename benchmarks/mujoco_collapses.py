@@ -35,30 +35,52 @@ from torch import nn
 
 from eggroll_trainer import EGGROLLTrainer
 from eggroll_trainer.rl import PopulationRollout
+from eggroll_trainer.rl.normalisation import deployable_policy
 from eggroll_trainer.rl.presets import preset_for
+from eggroll_trainer.rl.render import save_gif
 
 mujoco.set_mju_user_warning(lambda msg: None)
 
 
-def replay(
-    env, policy: nn.Module, normaliser, seed: int, rows: int, row: int, clip: float = 10.0
-) -> tuple[float, float, float]:
-    """(return, max |torso pitch|, share of steps on its back) of one episode, as PopulationRollout plays it.
-    The observation is row ``row`` of a batch of ``rows`` (the center's rows): a product's rounding can
-    depend on the row's position in the batch (the kernel's blocking), not on the other rows' values."""
+def center_actor(policy: nn.Module, normaliser, rows: int, row: int, clip: float = 10.0):
+    """obs → action as PopulationRollout plays the center: the float64 normaliser, float32 policy input at row
+    ``row`` of a batch of ``rows`` (a product's rounding can depend on the row's position in the batch, the
+    kernel's blocking, not on the other rows' values), the action clipped to HalfCheetah's ±1."""
     mean, std = normaliser
-    obs, _ = env.reset(seed=int(seed))
-    total, pitch, done = 0.0, [], False
     batch = np.zeros((rows, len(mean)), dtype=np.float32)
-    while not done:
+
+    def act(obs: np.ndarray) -> np.ndarray:
         batch[row] = np.clip((obs - mean) * (1.0 / std), -clip, clip).astype(np.float32)
         with torch.no_grad():
-            action = np.clip(policy(torch.from_numpy(batch)).numpy()[row].astype(np.float64), -1.0, 1.0)
-        obs, reward, terminated, truncated, _ = env.step(action)
+            return np.clip(policy(torch.from_numpy(batch)).numpy()[row].astype(np.float64), -1.0, 1.0)
+
+    return act
+
+
+def deployed_actor(policy: nn.Module):
+    """obs → action as ``save_gif`` plays a saved policy (float32 observation into the plain layers)."""
+
+    def act(obs: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return policy(torch.as_tensor(obs, dtype=torch.float32)).numpy()
+
+    return act
+
+
+def replay(env, act, seed: int) -> tuple[float, np.ndarray]:
+    """One episode from reset seed ``seed``, one step at a time: its return and torso pitch qpos[2] per step."""
+    obs, _ = env.reset(seed=int(seed))
+    total, pitch, done = 0.0, [], False
+    while not done:
+        obs, reward, terminated, truncated, _ = env.step(act(obs))
         total, done = total + reward, terminated or truncated
         pitch.append(float(env.unwrapped.data.qpos[2]))
-    pitch = np.abs(np.array(pitch))
-    return total, float(pitch.max()), float((pitch > np.pi / 2).mean())
+    return total, np.array(pitch)
+
+
+def on_back(pitch: np.ndarray) -> float:
+    """Share of steps with the torso pitched past π/2: on its back."""
+    return float((np.abs(pitch) > np.pi / 2).mean())
 
 
 def train(args, hp, make_env) -> tuple[list, float]:
@@ -108,6 +130,9 @@ def main() -> None:
         "--fresh", type=int, default=20, help="fresh episodes of each collapsed generation's θ"
     )
     parser.add_argument("--out", default=str(RESULTS / "mujoco_collapses.md"))
+    parser.add_argument("--gif", default=None, help="a GIF of the lowest center episode of the dips")
+    parser.add_argument("--gif-seconds", type=float, default=6.0, help="simulated seconds in the GIF")
+    parser.add_argument("--gif-lead", type=float, default=3.0, help="seconds shown before the first flip")
     parser.add_argument(
         "--played", default=None, help="a file of the played generations: loaded if it exists, else written"
     )
@@ -126,33 +151,81 @@ def main() -> None:
 
     env = make_env()
     rng = np.random.default_rng(12345)
-    rows, flips_all, checked = [], [], 0
-    # every center episode replayed outside the lockstep: does the lockstep evaluation measure the policy?
-    same = [replay(env, theta, norm, seed, len(r), k)[0] == r[k] for theta, norm, seeds, r, _ in played
-            for k, seed in enumerate(seeds)]  # fmt: skip
-    for g, (theta, normaliser, seeds, returns, members) in enumerate(played, start=1):
-        median = float(np.median(returns))
-        low = [
-            k
-            for k, r in enumerate(returns)
-            if median >= args.min_median and r < args.collapse_fraction * median
-        ]
-        for k in low:
-            again, pitch, back = replay(env, theta, normaliser, seeds[k], len(returns), k)
-            good = int(np.argmax(returns))
-            _, good_pitch, _ = replay(env, theta, normaliser, seeds[good], len(returns), good)
-            fresh = [
-                replay(env, theta, normaliser, s, len(returns), 0)
-                for s in rng.integers(2**31, size=args.fresh)
-            ]
-            flipped = np.mean([b > 0 for _, _, b in fresh])
-            checked += 1
-            flips_all.append(flipped)
-            rows.append((g, f"{members:,.0f}", f"{median:,.0f}", f"{returns[k]:,.0f}", f"{again:,.0f}", "yes" if again == returns[k] else "no",
-                         f"{pitch:.2f} ({back:.0%})", f"{good_pitch:.2f}", f"{flipped:.0%}",
-                         f"{np.median([r for r, _, _ in fresh]):,.0f}"))  # fmt: skip
     medians = [float(np.median(r)) for _, _, _, r, _ in played]
     mins = [float(np.min(r)) for _, _, _, r, _ in played]
+
+    def center(g: int, k: int, seed: int | None = None) -> tuple[float, np.ndarray]:
+        """Generation g's θ (1-based) as its center episode k played it, from that episode's start state or
+        from ``seed``."""
+        theta, normaliser, seeds, returns, _ = played[g - 1]
+        act = center_actor(theta, normaliser, len(returns), k)
+        return replay(env, act, seeds[k] if seed is None else seed)
+
+    def fresh(g: int, seeds: np.ndarray) -> tuple[float, float]:
+        """Generation g's θ on fresh start states: the share of episodes that flip, their median return."""
+        episodes = [center(g, 0, int(s)) for s in seeds]
+        return float(np.mean([on_back(p) > 0 for _, p in episodes])), float(
+            np.median([r for r, _ in episodes])
+        )
+
+    # every center episode replayed outside the lockstep: does the lockstep evaluation measure the policy?
+    replays = {(g, k): center(g, k) for g in range(1, len(played) + 1) for k in range(args.center_episodes)}
+    same = sum(replays[g, k][0] == played[g - 1][3][k] for g, k in replays)
+
+    # single low episodes: far below their own generation's median
+    rows, checked = [], 0
+    for g, (_, _, _, returns, members) in enumerate(played, start=1):
+        median = medians[g - 1]
+        low = [k for k, r in enumerate(returns)
+               if median >= args.min_median and r < args.collapse_fraction * median]  # fmt: skip
+        for k in low:
+            again, pitch = replays[g, k]
+            good_pitch = replays[g, int(np.argmax(returns))][1]
+            flipped, fresh_median = fresh(g, rng.integers(2**31, size=args.fresh))
+            checked += 1
+            rows.append((g, f"{members:,.0f}", f"{median:,.0f}", f"{returns[k]:,.0f}", f"{again:,.0f}",
+                         "yes" if again == returns[k] else "no", f"{np.abs(pitch).max():.2f} ({on_back(pitch):.0%})",
+                         f"{np.abs(good_pitch).max():.2f}", f"{flipped:.0%}", f"{fresh_median:,.0f}"))  # fmt: skip
+
+    # dips: a generation whose median fell far below the best median so far (θ failing on most start states)
+    dips, best = [], -np.inf
+    for g, median in enumerate(medians, start=1):
+        if best >= args.min_median and median < args.collapse_fraction * best:
+            seeds = rng.integers(2**31, size=args.fresh)  # the same fresh start states for θ_g and θ_g+1
+            flipped, fresh_median = fresh(g, seeds)
+            after = fresh(g + 1, seeds) if g < len(played) else None
+            own = sum(on_back(replays[g, k][1]) > 0 for k in range(args.center_episodes))
+            dips.append((g, f"{best:,.0f}", f"{median:,.0f}", f"{own} of {args.center_episodes}", f"{flipped:.0%}",
+                         f"{fresh_median:,.0f}", "–" if after is None else f"{after[0]:.0%}",
+                         "–" if after is None else f"{after[1]:,.0f}", f"{medians[g]:,.0f}" if g < len(played) else "–"))  # fmt: skip
+        best = max(best, median)
+
+    gif_line = []
+    if args.gif:  # the lowest center episode of the dips (else of the low episodes), as save_gif plays it
+        dip_gens = [d[0] for d in dips] or [r[0] for r in rows]
+        if dip_gens:
+            g, k = min(((g, k) for g in dip_gens for k in range(args.center_episodes)),
+                       key=lambda gk: played[gk[0] - 1][3][gk[1]])  # fmt: skip
+            theta, normaliser, seeds, returns, _ = played[g - 1]
+            space = env.action_space
+            deployed = deployable_policy(theta, normaliser, 10.0, (space.low, space.high))
+            ret, pitch = replay(env, deployed_actor(deployed), seeds[k])
+            back = np.flatnonzero(np.abs(pitch) > np.pi / 2)
+            dt = env.unwrapped.dt
+            start = max(0.0, back[0] * dt - args.gif_lead) if len(back) else 0.0
+            save_gif(
+                deployed,
+                make_env,
+                args.gif,
+                seconds=args.gif_seconds,
+                seed=int(seeds[k]),
+                start_seconds=start,
+            )
+            gif_line = ["", f"GIF (`--gif`): generation {g}'s θ from center episode {k + 1}'s start state (lockstep "
+                        f"return {returns[k]:,.0f}), played through its saved-policy layers as `save_gif` plays it: "
+                        f"return {ret:,.0f}, max pitch {np.abs(pitch).max():.2f} rad, on its back "
+                        f"{on_back(pitch):.0%} of the steps" + (f", first at {back[0] * dt:.2f} s" if len(back) else "")
+                        + f"; simulated seconds {start:.2f}–{start + args.gif_seconds:.2f}."]  # fmt: skip
     lines = [
         f"**HalfCheetah-v5: {args.center_episodes} center episodes per generation, the low ones replayed**",
         "",
@@ -161,8 +234,9 @@ def main() -> None:
         f"{caption}. {len(played)} generations in {train_s:.0f} s (preset: {hp.population_size} members, ARS' "
         f"HalfCheetah settings); best generation median {max(medians):,.0f}; generations whose lowest episode "
         f"was below {args.collapse_fraction:g} × their median (median ≥ {args.min_median:,.0f}): "
-        f"{len({r[0] for r in rows})}, with {checked} low episodes. Every center episode of the run replayed "
-        f"outside the lockstep: {sum(same)} of {len(same)} identical returns.",
+        f"{len({r[0] for r in rows})}, with {checked} low episodes; generations whose median was below "
+        f"{args.collapse_fraction:g} × the best median before them: {len(dips)}. Every center episode of the run "
+        f"replayed outside the lockstep: {same} of {len(replays)} identical returns.",
         "",
         "Per low episode: the generation's members' mean return, the median of its center episodes, the low "
         "episode's return; the replay of that episode outside "
@@ -180,6 +254,18 @@ def main() -> None:
         )  # fmt: skip
     else:
         lines.append("No low episode in this run.")
+    lines += ["", f"Per dip (a generation's median below {args.collapse_fraction:g} × the best median before it): "
+              f"how many of its {args.center_episodes} episodes flipped; its θ and the next generation's θ on the "
+              f"same {args.fresh} fresh start states (share that flip, median return); the next generation's median.", ""]  # fmt: skip
+    if dips:
+        lines += markdown_table(
+            ["gen", "best median before", "median", "its episodes that flipped", "θ: flips in fresh", "θ: fresh median",
+             "next θ: flips in fresh", "next θ: fresh median", "next median"],
+            dips,
+        )  # fmt: skip
+    else:
+        lines.append("No dip in this run.")
+    lines += gif_line
     lines += ["", "Per generation (median / min of the center episodes): "
               + ", ".join(f"{m:.0f}/{n:.0f}" for m, n in zip(medians, mins))]  # fmt: skip
     write_markdown(Path(args.out), lines)

@@ -52,3 +52,30 @@ def test_gif_frames_and_duration(tmp_path):
         pytest.skip(str(err))
     with Image.open(tmp_path / "p.gif") as image:  # dt 0.05 s: one frame per env step, 50 ms each
         assert (image.n_frames, image.info["duration"], image.size) == (10, 50, (320, 240))
+
+
+def test_start_seconds_skips_the_beginning(tmp_path):
+    from PIL import Image
+
+    make_env = functools.partial(gym.make, "HalfCheetah-v5")
+    try:
+        save_gif(Forward(), make_env, tmp_path / "p.gif", seconds=0.25, start_seconds=0.5, seed=0)
+    except RuntimeError as err:  # no offscreen OpenGL on this machine
+        pytest.skip(str(err))
+    with Image.open(tmp_path / "p.gif") as image:  # steps 10..14 rendered: 5 frames
+        assert image.n_frames == 5
+
+
+def test_an_episode_that_ends_before_start_seconds_is_a_value_error(tmp_path):
+    make_env = functools.partial(gym.make, "HalfCheetah-v5", max_episode_steps=4)
+    try:
+        save_gif(Forward(), make_env, tmp_path / "p.gif", seconds=0.5, start_seconds=1.0)
+    except RuntimeError as err:  # no offscreen OpenGL on this machine
+        pytest.skip(str(err))
+    except ValueError as err:  # not retried with the next backend: it would play the same episode
+        assert "ended after 4 steps (0.2 s)" in str(err)
+    else:
+        pytest.fail("save_gif wrote a GIF of no frames")
+    assert not (tmp_path / "p.gif").exists()
+    with pytest.raises(ValueError, match="start_seconds"):
+        save_gif(Forward(), make_env, tmp_path / "p.gif", start_seconds=-1.0)

@@ -32,10 +32,10 @@ def frame_every(dt: float) -> int:
 
 
 def save_gif(policy: nn.Module, make_env: Callable[..., Any], path: str | Path, *, seconds: float = 10.0,
-             seed: int = 0, backends: Sequence[str] = ("egl", "osmesa")) -> None:  # fmt: skip
-    """Render one episode of ``policy`` (at most ``seconds`` of simulated time) to the GIF ``path``, 320x240,
-    a frame every [`frame_every`][eggroll_trainer.rl.render.frame_every] steps; the free camera keeps the task's
-    distance and elevation and follows the torso (body 1) along the ground.
+             seed: int = 0, backends: Sequence[str] = ("egl", "osmesa"), start_seconds: float = 0.0) -> None:  # fmt: skip
+    """Render one episode of ``policy`` (at most ``seconds`` of simulated time, from ``start_seconds`` on) to
+    the GIF ``path``, 320x240, a frame every [`frame_every`][eggroll_trainer.rl.render.frame_every] steps; the
+    free camera keeps the task's distance and elevation and follows the torso (body 1) along the ground.
 
     Args:
         policy: raw observation (obs_dim,) in, action out (e.g. ``PopulationRollout.deployable()``).
@@ -44,18 +44,23 @@ def save_gif(policy: nn.Module, make_env: Callable[..., Any], path: str | Path, 
         seconds: simulated seconds to render (the episode may end sooner).
         seed: the episode's reset seed.
         backends: ``MUJOCO_GL`` values tried in turn, each in a child process.
+        start_seconds: simulated seconds played before the first frame (the end of a long episode).
 
     Raises:
+        ValueError: invalid arguments, or the episode ended before ``start_seconds``.
         RuntimeError: no backend rendered the GIF (the message says why, per backend).
     """
-    if seconds <= 0 or not backends:
-        raise ValueError(f"Invalid save_gif: seconds={seconds}, backends={list(backends)}")
+    if seconds <= 0 or start_seconds < 0 or not backends:
+        raise ValueError(
+            f"Invalid save_gif: seconds={seconds}, start_seconds={start_seconds}, backends={list(backends)}"
+        )
     path, errors = Path(path), []
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     for backend in backends:
         receive, send = ctx.Pipe(duplex=False)
         child = ctx.Process(
-            target=_render_gif, args=(policy, make_env, seconds, seed, str(path), backend, send)
+            target=_render_gif,
+            args=(policy, make_env, seconds, start_seconds, seed, str(path), backend, send),
         )
         child.start()
         send.close()
@@ -67,12 +72,19 @@ def save_gif(policy: nn.Module, make_env: Callable[..., Any], path: str | Path, 
         receive.close()
         if child.exitcode == 0 and error == "" and path.exists():
             return
+        if error and error.startswith(
+            _ENDED
+        ):  # not a GL problem: another backend would play the same episode
+            raise ValueError(error)
         errors.append(f"MUJOCO_GL={backend}: {error or f'the renderer exited with code {child.exitcode}'}")
     raise RuntimeError(f"no offscreen OpenGL backend worked ({'; '.join(errors)})")
 
 
-def _render_gif(policy: nn.Module, make_env: Callable[..., Any], seconds: float, seed: int, path: str,
-                backend: str, send: Any) -> None:  # fmt: skip
+_ENDED = "the episode ended after"
+
+
+def _render_gif(policy: nn.Module, make_env: Callable[..., Any], seconds: float, start_seconds: float, seed: int,
+                path: str, backend: str, send: Any) -> None:  # fmt: skip
     os.environ["MUJOCO_GL"] = backend
     try:
         import imageio.v2 as imageio
@@ -81,16 +93,23 @@ def _render_gif(policy: nn.Module, make_env: Callable[..., Any], seconds: float,
         obs, _ = env.reset(seed=seed)
         sim, every = env.unwrapped, frame_every(env.unwrapped.dt)
         env.render()  # builds the viewer: its free camera keeps the task's distance and elevation
-        camera, frames = sim.mujoco_renderer.viewer.cam, []
-        for t in range(round(seconds / sim.dt)):
-            if t % every == 0:
+        camera, frames, first = sim.mujoco_renderer.viewer.cam, [], round(start_seconds / sim.dt)
+        played = 0  # env steps taken
+        for t in range(first + max(1, round(seconds / sim.dt))):
+            if t >= first and (t - first) % every == 0:
                 camera.lookat[:2] = sim.data.subtree_com[1, :2]  # follow the torso (body 1) along the ground
                 frames.append(env.render())
             with torch.no_grad():
                 action = policy(torch.as_tensor(obs, dtype=torch.float32)).numpy()
             obs, _, terminated, truncated, _ = env.step(action)
+            played += 1
             if terminated or truncated:
                 break
+        if not frames:
+            send.send(
+                f"{_ENDED} {played} steps ({played * sim.dt:g} s), before start_seconds={start_seconds:g}"
+            )
+            os._exit(1)
         imageio.mimsave(path, frames, duration=round(1000 * every * sim.dt), loop=0)
     except Exception as err:  # a missing or broken GL library: report it, the caller tries the next backend
         send.send(f"{type(err).__name__}: {err}".splitlines()[0].rstrip("."))
