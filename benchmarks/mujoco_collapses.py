@@ -154,16 +154,20 @@ def main() -> None:
     medians = [float(np.median(r)) for _, _, _, r, _ in played]
     mins = [float(np.min(r)) for _, _, _, r, _ in played]
 
-    def center(g: int, k: int, seed: int | None = None) -> tuple[float, np.ndarray]:
+    def center(
+        g: int, k: int, seed: int | None = None, normaliser_of: int | None = None
+    ) -> tuple[float, np.ndarray]:
         """Generation g's θ (1-based) as its center episode k played it, from that episode's start state or
-        from ``seed``."""
+        from ``seed``, behind its own normaliser or generation ``normaliser_of``'s."""
         theta, normaliser, seeds, returns, _ = played[g - 1]
+        if normaliser_of is not None:
+            normaliser = played[normaliser_of - 1][1]
         act = center_actor(theta, normaliser, len(returns), k)
         return replay(env, act, seeds[k] if seed is None else seed)
 
-    def fresh(g: int, seeds: np.ndarray) -> tuple[float, float]:
+    def fresh(g: int, seeds: np.ndarray, normaliser_of: int | None = None) -> tuple[float, float]:
         """Generation g's θ on fresh start states: the share of episodes that flip, their median return."""
-        episodes = [center(g, 0, int(s)) for s in seeds]
+        episodes = [center(g, 0, int(s), normaliser_of) for s in seeds]
         return float(np.mean([on_back(p) > 0 for _, p in episodes])), float(
             np.median([r for r, _ in episodes])
         )
@@ -194,9 +198,13 @@ def main() -> None:
             seeds = rng.integers(2**31, size=args.fresh)  # the same fresh start states for θ_g and θ_g+1
             flipped, fresh_median = fresh(g, seeds)
             after = fresh(g + 1, seeds) if g < len(played) else None
+            old_normaliser = fresh(
+                g, seeds, normaliser_of=g - 1
+            )  # θ_g behind the normaliser θ_g-1 played with
             own = sum(on_back(replays[g, k][1]) > 0 for k in range(args.center_episodes))
             dips.append((g, f"{best:,.0f}", f"{median:,.0f}", f"{own} of {args.center_episodes}", f"{flipped:.0%}",
-                         f"{fresh_median:,.0f}", "–" if after is None else f"{after[0]:.0%}",
+                         f"{fresh_median:,.0f}", f"{old_normaliser[0]:.0%}, {old_normaliser[1]:,.0f}",
+                         "–" if after is None else f"{after[0]:.0%}",
                          "–" if after is None else f"{after[1]:,.0f}", f"{medians[g]:,.0f}" if g < len(played) else "–"))  # fmt: skip
         best = max(best, median)
 
@@ -255,12 +263,13 @@ def main() -> None:
     else:
         lines.append("No low episode in this run.")
     lines += ["", f"Per dip (a generation's median below {args.collapse_fraction:g} × the best median before it): "
-              f"how many of its {args.center_episodes} episodes flipped; its θ and the next generation's θ on the "
-              f"same {args.fresh} fresh start states (share that flip, median return); the next generation's median.", ""]  # fmt: skip
+              f"how many of its {args.center_episodes} episodes flipped; on the same {args.fresh} fresh start states "
+              "(share that flip, median return): its θ, its θ behind the previous generation's normaliser (the one "
+              "the update that made θ was computed under), and the next generation's θ; the next generation's median.", ""]  # fmt: skip
     if dips:
         lines += markdown_table(
             ["gen", "best median before", "median", "its episodes that flipped", "θ: flips in fresh", "θ: fresh median",
-             "next θ: flips in fresh", "next θ: fresh median", "next median"],
+             "θ, previous normaliser: flips, median", "next θ: flips in fresh", "next θ: fresh median", "next median"],
             dips,
         )  # fmt: skip
     else:
