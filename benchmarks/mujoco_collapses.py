@@ -1,8 +1,10 @@
-"""Are the single-episode collapses of HalfCheetah's ``eval_return`` real, or an evaluation bug?
+"""Are the collapses of HalfCheetah's ``eval_return`` real, or an evaluation bug?
 
 Trains the HalfCheetah preset (as ``examples/mujoco_agent.py`` does, θ playing ``--center-episodes`` episodes
-per generation) for ``--time-budget`` seconds, then looks at every center episode that scored far below its
-generation's median (``< --collapse-fraction`` × median, once the median has passed ``--min-median``):
+per generation; with ``--seed 0 --num-workers 1`` it plays the same generations as ``make demo``) for
+``--time-budget`` seconds. Every center episode is replayed outside the lockstep. Then it looks at every
+center episode that scored far below its generation's median (``< --collapse-fraction`` × median, once the
+median has passed ``--min-median``):
 
 * **replay**: the same θ, behind the same frozen normaliser, with the same float64 → float32 arithmetic as
   ``PopulationRollout``, plays the same start state in a plain ``gym.make`` environment, one step at a time,
@@ -11,9 +13,13 @@ generation's median (``< --collapse-fraction`` × median, once the median has pa
   its back;
 * **how often**: that θ again on ``--fresh`` fresh start states: the share of its episodes that flip.
 
+and at every **dip**, a generation whose median fell below ``--collapse-fraction`` × the best median before it:
+how many of its episodes flipped, and on the same fresh start states its θ, its θ behind the previous
+generation's normaliser, and the next generation's θ. ``--gif`` renders the lowest episode of the dips.
+
 Writes ``benchmarks/results/mujoco_collapses.md``.
 
-    python benchmarks/mujoco_collapses.py --time-budget 90 --seed 1
+    python benchmarks/mujoco_collapses.py --time-budget 240 --seed 0 --num-workers 1 --gif collapse.gif
 """
 
 from __future__ import annotations
@@ -130,6 +136,7 @@ def main() -> None:
         "--fresh", type=int, default=20, help="fresh episodes of each collapsed generation's θ"
     )
     parser.add_argument("--out", default=str(RESULTS / "mujoco_collapses.md"))
+    parser.add_argument("--max-rows", type=int, default=10, help="low episodes listed (all are counted)")
     parser.add_argument("--gif", default=None, help="a GIF of the lowest center episode of the dips")
     parser.add_argument("--gif-seconds", type=float, default=6.0, help="simulated seconds in the GIF")
     parser.add_argument("--gif-lead", type=float, default=3.0, help="seconds shown before the first flip")
@@ -177,7 +184,7 @@ def main() -> None:
     same = sum(replays[g, k][0] == played[g - 1][3][k] for g, k in replays)
 
     # single low episodes: far below their own generation's median
-    rows, checked = [], 0
+    rows, checked, low_flipped, low_fresh_flips = [], 0, 0, []
     for g, (_, _, _, returns, members) in enumerate(played, start=1):
         median = medians[g - 1]
         low = [k for k, r in enumerate(returns)
@@ -187,6 +194,8 @@ def main() -> None:
             good_pitch = replays[g, int(np.argmax(returns))][1]
             flipped, fresh_median = fresh(g, rng.integers(2**31, size=args.fresh))
             checked += 1
+            low_flipped += on_back(pitch) > 0
+            low_fresh_flips.append(flipped)
             rows.append((g, f"{members:,.0f}", f"{median:,.0f}", f"{returns[k]:,.0f}", f"{again:,.0f}",
                          "yes" if again == returns[k] else "no", f"{np.abs(pitch).max():.2f} ({on_back(pitch):.0%})",
                          f"{np.abs(good_pitch).max():.2f}", f"{flipped:.0%}", f"{fresh_median:,.0f}"))  # fmt: skip
@@ -258,8 +267,16 @@ def main() -> None:
         lines += markdown_table(
             ["gen", "members' mean", "median", "low episode", "replayed", "identical", "max pitch (on back)", "best episode's max pitch",
              f"flips in {args.fresh} fresh", "fresh median"],
-            rows,
+            rows[: args.max_rows],
         )  # fmt: skip
+        more = (
+            f"The first {args.max_rows} of {len(rows)} rows (`--max-rows`). "
+            if len(rows) > args.max_rows
+            else ""
+        )
+        lines += ["", f"{more}Of the {checked} low episodes, {low_flipped} went onto the back (pitch past π/2); "
+                  f"their θ flipped on a median {np.median(low_fresh_flips):.0%} of {args.fresh} fresh start states "
+                  f"(range {min(low_fresh_flips):.0%}–{max(low_fresh_flips):.0%})."]  # fmt: skip
     else:
         lines.append("No low episode in this run.")
     lines += ["", f"Per dip (a generation's median below {args.collapse_fraction:g} × the best median before it): "
