@@ -31,7 +31,7 @@ demo: $(STAMP)
 	$(BIN)/python examples/mujoco_agent.py --env-id HalfCheetah-v5 --seed 0 --time-budget 240 --gif --output-dir $(DEMO_DIR)
 
 # Explicitly publish a HalfCheetah run's curve, metrics and summary to the docs (`make demo` itself never
-# writes outside $(DEMO_DIR)). The docs show the 600 s run: `make demo-figure DEMO_DIR=runs/halfcheetah_600s_c`.
+# writes outside $(DEMO_DIR)). The docs show the 600 s run: `make demo-figure DEMO_DIR=runs/halfcheetah_600s`.
 demo-figure:
 	cp $(DEMO_DIR)/learning_curve.png docs/assets/halfcheetah_learning_curve.png
 	cp $(DEMO_DIR)/metrics.csv docs/assets/halfcheetah_metrics.csv
