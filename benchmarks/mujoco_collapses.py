@@ -207,9 +207,8 @@ def main() -> None:
             seeds = rng.integers(2**31, size=args.fresh)  # the same fresh start states for θ_g and θ_g+1
             flipped, fresh_median = fresh(g, seeds)
             after = fresh(g + 1, seeds) if g < len(played) else None
-            old_normaliser = fresh(
-                g, seeds, normaliser_of=g - 1
-            )  # θ_g behind the normaliser θ_g-1 played with
+            # θ_g behind the normaliser θ_g-1 played with (the one its update was computed under)
+            old_normaliser = fresh(g, seeds, normaliser_of=g - 1)
             own = sum(on_back(replays[g, k][1]) > 0 for k in range(args.center_episodes))
             dips.append((g, f"{best:,.0f}", f"{median:,.0f}", f"{own} of {args.center_episodes}", f"{flipped:.0%}",
                          f"{fresh_median:,.0f}", f"{old_normaliser[0]:.0%}, {old_normaliser[1]:,.0f}",

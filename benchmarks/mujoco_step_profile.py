@@ -18,25 +18,21 @@ what they cost when their code and data stay in the cache. A lockstep step costs
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import time
 
 os.environ.setdefault("MUJOCO_GL", "disable")  # stepping needs no OpenGL
-import gymnasium as gym
-import mujoco
 import numpy as np
 import torch
 from common import machine
+from mujoco_stepping import stepping_env, training  # also silences MuJoCo's 'settotalmass' warnings
 from torch import nn
 
 import eggroll_trainer.rl.population_rollout as population_rollout
 from eggroll_trainer import EGGROLLTrainer
 from eggroll_trainer.population import current_population
-from eggroll_trainer.rl import LockstepEnvs, PopulationRollout
+from eggroll_trainer.rl import LockstepEnvs
 from eggroll_trainer.rl.presets import preset_for
-
-mujoco.set_mju_user_warning(lambda msg: None)  # v5 models warn about 'settotalmass' once per env
 
 
 def main() -> None:
@@ -49,21 +45,9 @@ def main() -> None:
     parser.add_argument("--hot-calls", type=int, default=2000, help="calls per part in the hot loop")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    kwargs = dict(disable_env_checker=True, max_episode_steps=200)
-    if args.env_id.split("-")[0] in ("Hopper", "Walker2d", "Ant", "Humanoid"):
-        kwargs["terminate_when_unhealthy"] = False
-    make_env = functools.partial(gym.make, args.env_id, **kwargs)
     population = preset_for(args.env_id).population_size
-    probe = make_env()
-    torch.manual_seed(0)
-    policy = nn.Linear(probe.observation_space.shape[0], probe.action_space.shape[0])
-    roll = PopulationRollout(
-        make_env, policy, population, seed=0, num_workers=args.num_workers, center_episodes=5
-    )
-    roll.envs.always_split = args.num_workers > 0
-    trainer = EGGROLLTrainer(policy.parameters(), model=policy, fitness_fn=roll.fitness, population_size=population,
-                             learning_rate=1e-3, sigma=0.03, rank=1, seed=0, batched=True, optimizer="sgd",
-                             fitness_shaping="raw", elite_k=4)  # fmt: skip
+    roll, trainer = training(stepping_env(args.env_id, 200), population, 5, args.num_workers)
+    policy = roll.policy
 
     spent = {"stepping": 0.0, "policy": 0.0}
     steps = [0]

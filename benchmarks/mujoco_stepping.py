@@ -63,8 +63,18 @@ def lockstep_bare(make_env, n: int, workers: int, seconds: float) -> Callable[[]
     return run
 
 
-def generations(make_env, population: int, centers: int, workers: int, seconds: float) -> Callable[[], float]:
-    """Env steps/s of whole training generations (trainer.step() + end_generation())."""
+def stepping_env(env_id: str, episode_steps: int):
+    """``make_env`` for the timings: episodes of exactly ``episode_steps`` steps (none ends early)."""
+    kwargs = dict(disable_env_checker=True, max_episode_steps=episode_steps)
+    if env_id.split("-")[0] in ("Hopper", "Walker2d", "Ant", "Humanoid"):
+        kwargs["terminate_when_unhealthy"] = False
+    return functools.partial(gym.make, env_id, **kwargs)
+
+
+def training(
+    make_env, population: int, centers: int, workers: int
+) -> tuple[PopulationRollout, EGGROLLTrainer]:
+    """A random linear policy's rollout and trainer (ARS-style top-4 SGD), the split forced with workers."""
     probe = make_env()
     torch.manual_seed(0)
     policy = nn.Linear(probe.observation_space.shape[0], probe.action_space.shape[0])
@@ -75,6 +85,12 @@ def generations(make_env, population: int, centers: int, workers: int, seconds: 
     trainer = EGGROLLTrainer(policy.parameters(), model=policy, fitness_fn=roll.fitness, population_size=population,
                              learning_rate=1e-3, sigma=0.03, rank=1, seed=0, batched=True, optimizer="sgd",
                              fitness_shaping="raw", elite_k=4)  # fmt: skip
+    return roll, trainer
+
+
+def generations(make_env, population: int, centers: int, workers: int, seconds: float) -> Callable[[], float]:
+    """Env steps/s of whole training generations (trainer.step() + end_generation())."""
+    roll, trainer = training(make_env, population, centers, workers)
 
     def run() -> float:
         steps, start = 0, time.perf_counter()
@@ -121,10 +137,7 @@ def main() -> None:
     args.population = args.population or preset_for(args.env_id).population_size
     torch.set_num_threads(1)
     caption = machine()
-    kwargs = dict(disable_env_checker=True, max_episode_steps=args.episode_steps)
-    if args.env_id.split("-")[0] in ("Hopper", "Walker2d", "Ant", "Humanoid"):
-        kwargs["terminate_when_unhealthy"] = False
-    make_env = functools.partial(gym.make, args.env_id, **kwargs)
+    make_env = stepping_env(args.env_id, args.episode_steps)
     n, s = args.population + args.center_episodes, args.seconds
     cases = {
         "one bare environment, random actions": lambda: bare_steps_per_s(make_env, s, 0),

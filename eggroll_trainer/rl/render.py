@@ -72,9 +72,8 @@ def save_gif(policy: nn.Module, make_env: Callable[..., Any], path: str | Path, 
         receive.close()
         if child.exitcode == 0 and error == "" and path.exists():
             return
-        if error and error.startswith(
-            _ENDED
-        ):  # not a GL problem: another backend would play the same episode
+        # not a GL problem: another backend would play the same episode
+        if error and error.startswith(_ENDED):
             raise ValueError(error)
         errors.append(f"MUJOCO_GL={backend}: {error or f'the renderer exited with code {child.exitcode}'}")
     raise RuntimeError(f"no offscreen OpenGL backend worked ({'; '.join(errors)})")
@@ -94,20 +93,19 @@ def _render_gif(policy: nn.Module, make_env: Callable[..., Any], seconds: float,
         sim, every = env.unwrapped, frame_every(env.unwrapped.dt)
         env.render()  # builds the viewer: its free camera keeps the task's distance and elevation
         camera, frames, first = sim.mujoco_renderer.viewer.cam, [], round(start_seconds / sim.dt)
-        played = 0  # env steps taken
-        for t in range(first + max(1, round(seconds / sim.dt))):
+        for t in range(first + max(1, round(seconds / sim.dt))):  # t + 1: env steps taken
             if t >= first and (t - first) % every == 0:
                 camera.lookat[:2] = sim.data.subtree_com[1, :2]  # follow the torso (body 1) along the ground
                 frames.append(env.render())
             with torch.no_grad():
                 action = policy(torch.as_tensor(obs, dtype=torch.float32)).numpy()
             obs, _, terminated, truncated, _ = env.step(action)
-            played += 1
             if terminated or truncated:
                 break
         if not frames:
+            steps = t + 1
             send.send(
-                f"{_ENDED} {played} steps ({played * sim.dt:g} s), before start_seconds={start_seconds:g}"
+                f"{_ENDED} {steps} steps ({steps * sim.dt:g} s), before start_seconds={start_seconds:g}"
             )
             os._exit(1)
         imageio.mimsave(path, frames, duration=round(1000 * every * sim.dt), loop=0)
